@@ -1,0 +1,176 @@
+"""One hook mechanism for everything in dsg-lens that reads or edits activations.
+
+A :class:`HookSpec` names a HookPoint, a TransformerLens hook function, an ``order`` and a ``label``.
+``with hooks(model, *specs):`` attaches specs for a scope (TransformerLens's level-scoped ``model.hooks``
+underneath, so it nests and never touches hooks that others added); :func:`attach` attaches them until the
+returned :class:`HookHandle` is removed. :func:`attached_hooks` lists what dsg-lens has attached to a model.
+
+Order: within one call, specs on the same HookPoint run by ascending ``order`` (ties keep the given order).
+Across calls, TransformerLens's rule holds: hooks run in the order they were attached, so a hook attached in an
+outer scope runs before one attached in an inner scope. An observer (e.g. a cache) given a larger ``order`` than
+an editing hook sees the edited activation.
+
+Works on ``HookedTransformer``, ``HookedSAETransformer`` (with or without SAEs attached: a name whose HookPoint
+was replaced by an SAE resolves to that SAE's ``hook_sae_output``) and ``TransformerBridge`` (whose aliases
+resolve to canonical names; unknown names raise here instead of being skipped silently).
+"""
+
+from __future__ import annotations
+
+import difflib
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+from transformer_lens.hook_points import HookPoint
+
+HookFn = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class HookSpec:
+    """A hook to attach: ``fn(activation, hook=HookPoint) -> activation | None`` at HookPoint ``name``.
+
+    ``owner`` identifies the object the hook belongs to (a guardrail, say): the same owner cannot be attached
+    twice to one model at the same time.
+    """
+
+    name: str
+    fn: HookFn
+    order: int = 0
+    label: str = ""
+    owner: Any = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class AttachedHook:
+    """What :func:`attached_hooks` reports: one live dsg-lens hook."""
+
+    label: str
+    hook_name: str
+    order: int
+    scoped: bool
+
+
+_REGISTRY: "weakref.WeakKeyDictionary[nn.Module, list[tuple[AttachedHook, HookSpec]]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def resolve_hook_name(model: nn.Module, name: str, *, read: bool = False) -> str:
+    """The HookPoint name to use on ``model`` for ``name``; raises ValueError (with close matches) if none.
+
+    Where a HookedSAETransformer replaced ``name`` by an attached SAE, edits go to the SAE's ``hook_sae_output``
+    and reads (``read=True``) come from its ``hook_sae_input`` (the model's own activation).
+    """
+    hook_dict = model.hook_dict
+    if name in hook_dict:
+        return name
+    replaced = f"{name}.hook_sae_input" if read else f"{name}.hook_sae_output"
+    if replaced in hook_dict:
+        return replaced
+    close = difflib.get_close_matches(name, list(hook_dict), n=3)
+    hint = f" Close matches: {close}." if close else ""
+    raise ValueError(
+        f"Hook name {name!r} is not a HookPoint of this {type(model).__name__}.{hint} "
+        "See model.hook_dict for the valid names."
+    )
+
+
+def hook_point(model: nn.Module, name: str) -> HookPoint:
+    """The HookPoint object of ``model`` that ``name`` resolves to."""
+    return model.hook_dict[resolve_hook_name(model, name)]
+
+
+def attached_hooks(model: nn.Module) -> list[AttachedHook]:
+    """The dsg-lens hooks live on ``model`` now, in attachment order."""
+    return [entry for entry, _ in _REGISTRY.get(model, [])]
+
+
+def _ordered(model: nn.Module, specs: Sequence[HookSpec]) -> list[tuple[str, HookSpec]]:
+    for spec in specs:
+        if not isinstance(spec, HookSpec):
+            raise TypeError(f"expected HookSpec objects, got {type(spec).__name__}")
+    resolved = [(resolve_hook_name(model, spec.name), spec) for spec in specs]
+    return sorted(resolved, key=lambda pair: pair[1].order)
+
+
+def _register(model: nn.Module, resolved: list[tuple[str, HookSpec]], scoped: bool) -> list[tuple]:
+    live = _REGISTRY.setdefault(model, [])
+    owners = {id(spec.owner) for _, spec in live if spec.owner is not None}
+    for _, spec in resolved:
+        if spec.owner is not None and id(spec.owner) in owners:
+            raise ValueError(
+                f"{spec.label or type(spec.owner).__name__} is already attached to this model; "
+                "detach it first (leave its `with` block or call handle.remove())."
+            )
+    entries = [(AttachedHook(spec.label, name, spec.order, scoped), spec) for name, spec in resolved]
+    live.extend(entries)
+    return entries
+
+
+def _unregister(model: nn.Module, entries: list[tuple]) -> None:
+    live = _REGISTRY.get(model, [])
+    for entry in entries:
+        if entry in live:
+            live.remove(entry)
+
+
+@contextmanager
+def hooks(model: nn.Module, *specs: HookSpec) -> Iterator[None]:
+    """Attach ``specs`` to ``model`` for the ``with`` block; they are removed on exit, even on exceptions."""
+    resolved = _ordered(model, specs)
+    entries = _register(model, resolved, scoped=True)
+    try:
+        with model.hooks(fwd_hooks=[(name, spec.fn) for name, spec in resolved]):
+            yield
+    finally:
+        _unregister(model, entries)
+
+
+class HookHandle:
+    """Persistent hooks added by :func:`attach`; ``remove()`` takes off exactly these and nothing else."""
+
+    def __init__(self, model: nn.Module, added: list[tuple[HookPoint, Any]], entries: list[tuple]):
+        self._model = model
+        self._added = added
+        self._entries = entries
+
+    def remove(self) -> None:
+        """Remove the hooks (idempotent)."""
+        for point, lens_handle in self._added:
+            lens_handle.hook.remove()
+            if lens_handle in point.fwd_hooks:
+                point.fwd_hooks.remove(lens_handle)
+        self._added = []
+        _unregister(self._model, self._entries)
+        self._entries = []
+
+    @property
+    def active(self) -> bool:
+        return bool(self._added)
+
+    def __enter__(self) -> HookHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def attach(model: nn.Module, *specs: HookSpec) -> HookHandle:
+    """Attach ``specs`` until ``handle.remove()``; survives ``run_with_hooks`` but not ``model.reset_hooks()``."""
+    resolved = _ordered(model, specs)
+    entries = _register(model, resolved, scoped=False)
+    added: list[tuple[HookPoint, Any]] = []
+    try:
+        for name, spec in resolved:
+            point = model.hook_dict[name]
+            point.add_hook(spec.fn, dir="fwd")
+            added.append((point, next(h for h in reversed(point.fwd_hooks) if h.user_hook is spec.fn)))
+    except BaseException:
+        HookHandle(model, added, entries).remove()
+        raise
+    return HookHandle(model, added, entries)

@@ -1,0 +1,142 @@
+"""Scoring rules that turn forget/retain :class:`LatentStats` into a :class:`FeatureSet`.
+
+- ``"dsg"`` (default; DSG paper): f_j = (mean forget act_j)^2, r_j = (mean retain act_j)^2 (``statistic="mean_sq"``
+  uses mean squared activations instead), ratio_j = f_j / (r_j + 1e-21); keep latents whose ratio is at or above the
+  ``p_ratio`` percentile of all ratios; sort the survivors by f_j descending; take the top ``n``.
+- ``"farrell"`` (Farrell et al. 2024 / SAEBench static clamping): keep latents whose retain firing frequency is at
+  most ``retain_threshold``; rank them by forget firing frequency, descending; take the top ``n``.
+Every rule returns its scores for every latent, so they can be plotted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from dsg_lens.stats import LatentStats
+
+RATIO_EPS = 1e-21
+
+
+@dataclass
+class FeatureSet:
+    """Selected latent ids (ranked, best first), the rule and parameters that chose them, and per-latent scores
+    (``forget_score``, ``retain_score`` and the rule's ``rank_score``, each [d_sae])."""
+
+    ids: list[int]
+    rule: str
+    params: dict[str, Any]
+    scores: dict[str, Float[Tensor, " d_sae"]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def top(self, n: int) -> FeatureSet:
+        """The first ``n`` of the ranked selection (same scores)."""
+        if not 1 <= n <= len(self.ids):
+            raise ValueError(f"n={n} must be between 1 and the {len(self.ids)} selected features")
+        return FeatureSet(self.ids[:n], self.rule, {**self.params, "n": n}, self.scores)
+
+    def save(self, path: str | Path) -> None:
+        """Write ``features.safetensors`` (ids + scores) and ``features.json`` into folder ``path``."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {"ids": torch.tensor(self.ids, dtype=torch.long)}
+        tensors.update({f"score.{k}": v.contiguous().cpu() for k, v in self.scores.items()})
+        save_file(tensors, folder / "features.safetensors")
+        (folder / "features.json").write_text(json.dumps({"rule": self.rule, "params": self.params}, indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureSet:
+        folder = Path(path)
+        meta = json.loads((folder / "features.json").read_text())
+        tensors = load_file(folder / "features.safetensors")
+        scores = {k.removeprefix("score."): v for k, v in tensors.items() if k.startswith("score.")}
+        return cls([int(i) for i in tensors["ids"].tolist()], meta["rule"], meta["params"], scores)
+
+
+def _check_pair(forget: LatentStats, retain: LatentStats, n: int) -> None:
+    if forget.d_sae != retain.d_sae:
+        raise ValueError(f"forget stats have d_sae={forget.d_sae} but retain stats have d_sae={retain.d_sae}")
+    if forget.hook_name != retain.hook_name:
+        raise ValueError(f"forget stats are from {forget.hook_name} but retain stats from {retain.hook_name}")
+    if not 1 <= n <= forget.d_sae:
+        raise ValueError(f"n={n} must be between 1 and d_sae={forget.d_sae}")
+    for name, stats in (("forget", forget), ("retain", retain)):
+        if stats.n_tokens == 0:
+            raise ValueError(f"{name} stats were collected on zero tokens")
+        if not torch.isfinite(stats.act_sum).all():
+            raise ValueError(f"{name} stats contain NaN/inf activations")
+
+
+def _check_percentile(name: str, value: float | int) -> None:
+    if not 0 <= value <= 100:
+        raise ValueError(f"{name}={value} is outside 0-100 (it is a percentile)")
+
+
+def _take(candidates: Tensor, rank_score: Tensor, n: int, what: str) -> list[int]:
+    if candidates.numel() < n:
+        raise ValueError(f"only {candidates.numel()} latents pass {what}, fewer than n={n}: lower n or loosen the filter")
+    order = torch.argsort(rank_score[candidates], descending=True, stable=True)
+    return [int(i) for i in candidates[order][:n]]
+
+
+def select_dsg(
+    forget: LatentStats, retain: LatentStats, n: int = 20, p_ratio: float | int = 95.0, statistic: str = "mean"
+) -> FeatureSet:
+    """The DSG paper's rule (module docstring)."""
+    _check_pair(forget, retain, n)
+    _check_percentile("p_ratio", p_ratio)
+    if statistic == "mean":
+        f, r = forget.mean_act.double().square(), retain.mean_act.double().square()
+    elif statistic == "mean_sq":
+        f, r = forget.mean_sq_act.double(), retain.mean_sq_act.double()
+    else:
+        raise ValueError(f"statistic must be 'mean' or 'mean_sq', got {statistic!r}")
+    ratio = f / (r + RATIO_EPS)
+    threshold = torch.quantile(ratio, p_ratio / 100.0)
+    candidates = torch.nonzero(ratio >= threshold).flatten()
+    ids = _take(candidates, f, n, f"the p_ratio={p_ratio} percentile filter")
+    scores = {"forget_score": f.float(), "retain_score": r.float(), "ratio": ratio.float(), "rank_score": f.float()}
+    return FeatureSet(ids, "dsg", {"n": n, "p_ratio": p_ratio, "statistic": statistic}, scores)
+
+
+def select_farrell(
+    forget: LatentStats, retain: LatentStats, n: int = 20, retain_threshold: float | int = 0.01
+) -> FeatureSet:
+    """Static-clamping rule of Farrell et al. (module docstring)."""
+    _check_pair(forget, retain, n)
+    if not 0 <= retain_threshold <= 1:
+        raise ValueError(f"retain_threshold={retain_threshold} must be a firing frequency in [0, 1]")
+    f, r = forget.fire_freq.double(), retain.fire_freq.double()
+    candidates = torch.nonzero((r <= retain_threshold) & (f > 0)).flatten()
+    ids = _take(candidates, f, n, f"retain firing frequency <= {retain_threshold}")
+    scores = {"forget_score": f.float(), "retain_score": r.float(), "rank_score": f.float()}
+    return FeatureSet(ids, "farrell", {"n": n, "retain_threshold": retain_threshold}, scores)
+
+
+SELECTION_RULES: dict[str, Callable[..., FeatureSet]] = {"dsg": select_dsg, "farrell": select_farrell}
+
+
+def select_features(
+    forget: LatentStats, retain: LatentStats, n: int = 20, p_ratio: float | int = 95.0, rule: str = "dsg", **options: Any
+) -> FeatureSet:
+    """Select ``n`` forget features with the named rule (``"dsg"`` or ``"farrell"``; see module docstring)."""
+    if rule not in SELECTION_RULES:
+        raise ValueError(f"unknown selection rule {rule!r}; choose one of {sorted(SELECTION_RULES)}")
+    if rule == "dsg":
+        return select_dsg(forget, retain, n=n, p_ratio=p_ratio, **options)
+    return SELECTION_RULES[rule](forget, retain, n=n, **options)
+
+
+def as_latent_ids(features: FeatureSet | Sequence[int]) -> list[int]:
+    """Latent ids of a FeatureSet or a plain sequence of ints."""
+    return list(features.ids) if isinstance(features, FeatureSet) else [int(i) for i in features]

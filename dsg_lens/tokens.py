@@ -1,0 +1,111 @@
+"""Texts -> token sequences -> padded batches with a mask of the real (non-special, non-pad) tokens.
+
+Tokenisation is the model's own (``model.to_tokens``). Sequences longer than ``max_len`` (default: the model's
+context) are cut into consecutive windows that remember which text they came from, so per-text results can be
+summed over windows. :func:`chunk_corpus` is the DSG paper's corpus preparation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor, nn
+
+from dsg_lens.forward_context import real_token_mask, special_token_ids
+
+TextsOrTokens = Sequence[str] | Int[Tensor, "n pos"]
+
+
+@dataclass
+class TokenBatch:
+    """A padded batch: ``tokens`` [batch, pos], ``real`` [batch, pos] (False at special tokens and padding) and
+    ``text_index`` [batch], the input text each row came from; ``seq_index``: each row's position in the
+    sequence list (windows of one text are consecutive there)."""
+
+    tokens: Int[Tensor, "batch pos"]
+    real: Bool[Tensor, "batch pos"]
+    text_index: Int[Tensor, " batch"]
+    seq_index: list[int]
+
+
+def _pad_id(model: nn.Module) -> int:
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is not None and tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    specials = special_token_ids(model)
+    return specials[0] if specials else 0
+
+
+def to_sequences(model: nn.Module, texts: TextsOrTokens, max_len: int | None = None) -> list[tuple[int, Tensor]]:
+    """(text index, 1-D token ids) per window of at most ``max_len`` tokens; raises on empty input."""
+    max_len = int(max_len or model.cfg.n_ctx)
+    if isinstance(texts, Tensor):
+        if texts.ndim != 2 or texts.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"token input must be an integer tensor [n, pos], got {texts.dtype} {tuple(texts.shape)}")
+        rows = [(i, row.long().cpu()) for i, row in enumerate(texts)]
+    else:
+        if isinstance(texts, str):
+            raise ValueError("texts must be a list of strings, not a single string: wrap it as [text]")
+        if len(texts) == 0:
+            raise ValueError("texts is empty: pass at least one non-empty text")
+        rows = []
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise ValueError(f"texts[{i}] is {type(text).__name__}, expected str (or pass a token tensor)")
+            if not text.strip():
+                raise ValueError(f"texts[{i}] is empty or whitespace only")
+            rows.append((i, model.to_tokens(text, truncate=False)[0].cpu()))
+    if not rows:
+        raise ValueError("no sequences to process (empty input)")
+    return [(i, row[start : start + max_len]) for i, row in rows for start in range(0, row.numel(), max_len)]
+
+
+def iter_batches(
+    model: nn.Module, sequences: list[tuple[int, Tensor]], batch_size: int
+) -> Iterator[TokenBatch]:
+    """Right-padded batches (sorted by length to limit padding) on the model's device."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = model.cfg.device
+    specials = torch.tensor(special_token_ids(model), dtype=torch.long)
+    pad_id = _pad_id(model)
+    order = sorted(range(len(sequences)), key=lambda k: -sequences[k][1].numel())
+    for start in range(0, len(order), batch_size):
+        keys = order[start : start + batch_size]
+        chosen = [sequences[k] for k in keys]
+        width = max(seq.numel() for _, seq in chosen)
+        tokens = torch.full((len(chosen), width), pad_id, dtype=torch.long)
+        present = torch.zeros((len(chosen), width), dtype=torch.bool)
+        for row, (_, seq) in enumerate(chosen):
+            tokens[row, : seq.numel()] = seq
+            present[row, : seq.numel()] = True
+        real = present & real_token_mask(tokens, specials)
+        index = torch.tensor([i for i, _ in chosen], dtype=torch.long)
+        yield TokenBatch(tokens.to(device), real.to(device), index, keys)
+
+
+def chunk_corpus(
+    model: nn.Module, texts: Sequence[str], chunk_len: int = 1024, min_chars: int = 50, max_chunks: int | None = None
+) -> Int[Tensor, "n chunk_len"]:
+    """The DSG paper's corpus chunks: texts longer than ``min_chars`` joined with EOS, cut into ``chunk_len``
+    tokens, each starting with BOS when the tokenizer has one."""
+    kept = [t for t in texts if len(t) > min_chars]
+    if not kept:
+        raise ValueError(f"no text longer than {min_chars} characters to chunk")
+    tokenizer = model.tokenizer
+    joined = tokenizer.eos_token.join(kept) if tokenizer.eos_token else "\n".join(kept)
+    ids = torch.tensor(tokenizer(joined, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    bos = tokenizer.bos_token_id
+    body = chunk_len - (1 if bos is not None else 0)
+    n = ids.numel() // body
+    if max_chunks is not None:
+        n = min(n, max_chunks)
+    if n == 0:
+        raise ValueError(f"corpus has {ids.numel()} tokens, fewer than one chunk of {chunk_len}")
+    chunks = ids[: n * body].reshape(n, body)
+    if bos is not None:
+        chunks = torch.cat([torch.full((n, 1), bos, dtype=torch.long), chunks], dim=1)
+    return chunks
