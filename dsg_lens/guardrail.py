@@ -25,15 +25,14 @@ from jaxtyping import Bool, Float
 from safetensors.torch import load_file, save_file
 from sae_lens import SAE
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from dsg_lens.forward_context import ForwardTracker, real_token_mask, special_token_ids
 from dsg_lens.gate import Gate, PaperGate, calibrate_tau, gate_from_dict
 from dsg_lens.hooks import HookHandle, HookSpec, attach, hooks
 from dsg_lens.sae_view import SelectedLatents, check_sae_fits_model, sae_architecture, sae_fingerprint, sae_hook_name
 from dsg_lens.selection import FeatureSet, as_latent_ids
-from dsg_lens.stats import hook_activations
-from dsg_lens.tokens import TextsOrTokens, iter_batches, to_sequences
+from dsg_lens.scan import gate_scores_from_scan, scan_first_rank
+from dsg_lens.tokens import TextsOrTokens
 
 GUARDRAIL_SCHEMA = 1
 GUARDRAIL_HOOK_ORDER = 0
@@ -106,56 +105,17 @@ class DynamicSAEGuardrail:
         guard.p_dyn = p_dyn
         return guard
 
-    def fired_flags(
-        self, model: nn.Module, texts: TextsOrTokens, *, batch_size: int = 8, max_len: int | None = None,
-        progress: bool = False, with_norm: bool = False,
-    ) -> tuple[list[tuple[Tensor, Tensor]], float]:
-        """Per text: (fired [n_tokens], real [n_tokens]) flags of the selected latents, windows concatenated; and
-        the mean residual norm over real tokens when ``with_norm``."""
-        check_sae_fits_model(model, self.sae, self.hook_name)
-        view = SelectedLatents(self.sae, self.latent_ids, device=model.cfg.device)
-        sequences = to_sequences(model, texts, max_len)
-        pieces: dict[int, list[tuple[int, Tensor, Tensor]]] = {}
-        norm_sum, n_real = 0.0, 0
-        batches = iter_batches(model, sequences, batch_size)
-        total = -(-len(sequences) // batch_size)
-        with torch.no_grad():
-            for batch in tqdm(batches, total=total, desc="gate scores", disable=not progress):
-                resid = hook_activations(model, self.hook_name, batch.tokens)
-                if not torch.isfinite(resid).all():
-                    raise ValueError(f"non-finite activations at {self.hook_name}")
-                fired = (view.encode(resid) > 0).any(-1) & batch.real
-                if with_norm:
-                    norm_sum += float(resid[batch.real].double().norm(dim=-1).sum())
-                    n_real += int(batch.real.sum())
-                for row, key in enumerate(batch.seq_index):
-                    length = sequences[key][1].numel()
-                    pieces.setdefault(int(batch.text_index[row]), []).append(
-                        (key, fired[row, :length].cpu(), batch.real[row, :length].cpu())
-                    )
-        flags = []
-        for text in range(max(pieces) + 1):
-            parts = sorted(pieces[text], key=lambda p: p[0])
-            flags.append((torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])))
-        if with_norm and n_real == 0:
-            raise ValueError("no real tokens in the input: every token is special (BOS/EOS/PAD)")
-        return flags, (norm_sum / n_real if n_real else float("nan"))
-
     def gate_scores(
         self, model: nn.Module, texts: TextsOrTokens, *, batch_size: int = 8, max_len: int | None = None,
         progress: bool = False, with_norm: bool = False,
     ) -> Float[Tensor, " n_texts"] | tuple[Float[Tensor, " n_texts"], float]:
         """The gate's score per text (rho for the paper gate); with ``with_norm`` also the mean residual norm."""
-        flags, norm = self.fired_flags(
-            model, texts, batch_size=batch_size, max_len=max_len, progress=progress, with_norm=with_norm
+        scan = scan_first_rank(
+            model, self.sae, self.latent_ids, texts, hook_name=self.hook_name, batch_size=batch_size,
+            max_len=max_len, progress=progress,
         )
-        width = max(f.numel() for f, _ in flags)
-        fired = torch.zeros(len(flags), width, dtype=torch.bool)
-        real = torch.zeros(len(flags), width, dtype=torch.bool)
-        for row, (f, r) in enumerate(flags):
-            fired[row, : f.numel()], real[row, : r.numel()] = f, r
-        scores = self.gate.scores(fired, real).float()
-        return (scores, norm) if with_norm else scores
+        scores = gate_scores_from_scan(scan, self.gate, len(self.latent_ids))
+        return (scores, scan.mean_resid_norm) if with_norm else scores
 
     def is_forget(self, model: nn.Module, texts: TextsOrTokens, **kwargs: Any) -> Bool[Tensor, " n_texts"]:
         """Whether the gate classifies each text as forget-relevant (score > tau)."""
