@@ -40,27 +40,63 @@ def _pad_id(model: nn.Module) -> int:
 
 
 def to_sequences(model: nn.Module, texts: TextsOrTokens, max_len: int | None = None) -> list[tuple[int, Tensor]]:
-    """(text index, 1-D token ids) per window of at most ``max_len`` tokens; raises on empty input."""
-    max_len = int(max_len or model.cfg.n_ctx)
+    """(text index, 1-D token ids) per window of at most ``max_len`` tokens; raises on empty or malformed input."""
+    n_ctx = int(model.cfg.n_ctx)
+    if max_len is None:
+        max_len = n_ctx
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or not 1 <= max_len <= n_ctx:
+        raise ValueError(f"max_len={max_len!r} must be an int between 1 and the model's context n_ctx={n_ctx}")
     if isinstance(texts, Tensor):
-        if texts.ndim != 2 or texts.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"token input must be an integer tensor [n, pos], got {texts.dtype} {tuple(texts.shape)}")
-        rows = [(i, row.long().cpu()) for i, row in enumerate(texts)]
+        rows = [(i, row.long().cpu()) for i, row in enumerate(_check_token_tensor(model, texts))]
     else:
-        if isinstance(texts, str):
-            raise ValueError("texts must be a list of strings, not a single string: wrap it as [text]")
-        if len(texts) == 0:
-            raise ValueError("texts is empty: pass at least one non-empty text")
-        rows = []
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise ValueError(f"texts[{i}] is {type(text).__name__}, expected str (or pass a token tensor)")
-            if not text.strip():
-                raise ValueError(f"texts[{i}] is empty or whitespace only")
-            rows.append((i, model.to_tokens(text, truncate=False)[0].cpu()))
-    if not rows:
-        raise ValueError("no sequences to process (empty input)")
-    return [(i, row[start : start + max_len]) for i, row in rows for start in range(0, row.numel(), max_len)]
+        rows = [(i, _tokenize(model, text, i)) for i, text in enumerate(_check_text_list(texts))]
+    windows = [(i, row[start : start + max_len]) for i, row in rows for start in range(0, row.numel(), max_len)]
+    if not windows:
+        raise ValueError("no tokens to process: the input is empty (pass at least one non-empty text)")
+    return windows
+
+
+def _check_token_tensor(model: nn.Module, tokens: Tensor) -> Tensor:
+    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+        raise ValueError(
+            f"texts is a {tokens.dtype} tensor: token ids must be an integer tensor [n, pos] "
+            "(activations or embeddings cannot be passed here)"
+        )
+    if tokens.ndim != 2:
+        fix = " add a batch dimension: tokens[None]" if tokens.ndim == 1 else " pass [n, pos]"
+        raise ValueError(f"texts is a {tokens.ndim}-D token tensor {tuple(tokens.shape)}, expected 2-D [n, pos]:{fix}")
+    if tokens.numel() == 0:
+        raise ValueError(f"the token tensor {tuple(tokens.shape)} is empty: pass at least one token")
+    d_vocab = int(model.cfg.d_vocab)
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= d_vocab:
+        raise ValueError(f"token ids span [{low}, {high}] but the model's vocabulary is [0, {d_vocab}): wrong tokenizer?")
+    return tokens
+
+
+def _check_text_list(texts: object) -> Sequence[str]:
+    if isinstance(texts, str):
+        raise ValueError("texts must be a list of strings, not a single string: wrap it as [text]")
+    if not isinstance(texts, Sequence):
+        raise ValueError(f"texts must be a list of strings or an integer tensor [n, pos], got {type(texts).__name__}")
+    if len(texts) == 0:
+        raise ValueError("texts is empty: pass at least one non-empty text")
+    return texts
+
+
+def _tokenize(model: nn.Module, text: object, i: int) -> Tensor:
+    if isinstance(text, (list, tuple)) or isinstance(text, Tensor):
+        raise ValueError(
+            f"texts[{i}] is a {type(text).__name__}, expected str; to pass token ids use one integer tensor [n, pos] "
+            "(e.g. torch.tensor(token_lists) for equal lengths)"
+        )
+    if not isinstance(text, str):
+        raise ValueError(f"texts[{i}] is {type(text).__name__}, expected str (or pass a token tensor)")
+    if not text.strip():
+        raise ValueError(f"texts[{i}] is empty or whitespace only")
+    if getattr(model, "tokenizer", None) is None:
+        raise ValueError("the model has no tokenizer: pass token ids as an integer tensor [n, pos] instead of texts")
+    return model.to_tokens(text, truncate=False)[0].cpu()
 
 
 def iter_batches(
