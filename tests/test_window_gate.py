@@ -1,0 +1,116 @@
+"""WindowGate: the dilution-robust gate (max over sliding windows of real tokens)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import FORGET_WORDS, WORDS, make_model, planted_setup
+
+import dsg_lens as dsg
+from dsg_lens.gate import GATES, PaperGate, WindowGate, gate_from_dict
+
+NEUTRAL = WORDS[:44]
+
+
+def _word_texts(seed: int, n: int, n_forget: int, length: tuple[int, int] = (6, 12)) -> list[str]:
+    """Neutral word texts with exactly ``n_forget`` forget words each (retain texts that sometimes fire)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        size = int(torch.randint(*length, (1,), generator=gen))
+        words = [NEUTRAL[int(i)] for i in torch.randint(0, len(NEUTRAL), (size,), generator=gen)]
+        for k, pos in enumerate(torch.randperm(size, generator=gen)[:n_forget]):
+            words[int(pos)] = FORGET_WORDS[k % 3]
+        out.append(" ".join(words))
+    return out
+
+
+def _filler(n_words: int, seed: int = 99) -> str:
+    gen = torch.Generator().manual_seed(seed)
+    return " ".join(NEUTRAL[int(i)] for i in torch.randint(0, len(NEUTRAL), (n_words,), generator=gen))
+
+
+@pytest.fixture(scope="module")
+def planted(tiny_tokenizer):
+    model = make_model("llama", tiny_tokenizer)
+    sae, _ = planted_setup(model)
+    return model, sae
+
+
+def test_scores_by_hand():
+    fired = torch.tensor([[0, 1, 1, 1, 0, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    real = torch.ones_like(fired)
+    real[:, 0] = False  # BOS
+    real[1, 4:] = False  # padding: row 1 has 3 real tokens (< window)
+    window = WindowGate(window=4).scores(fired, real)
+    torch.testing.assert_close(window, torch.tensor([3 / 4, 1 / 3]))
+    torch.testing.assert_close(PaperGate().scores(fired, real), torch.tensor([3 / 9, 1 / 3]))
+
+
+def test_special_tokens_inside_a_window_are_skipped():
+    fired = torch.tensor([[1, 0, 1, 0, 0, 0]], dtype=torch.bool)
+    real = torch.tensor([[1, 0, 1, 1, 1, 1]], dtype=torch.bool)  # a special token between two fired tokens
+    assert float(WindowGate(window=2).scores(fired, real)) == 1.0
+
+
+def test_window_at_least_the_length_equals_the_paper_gate():
+    gen = torch.Generator().manual_seed(0)
+    fired, real = torch.rand(6, 20, generator=gen) < 0.3, torch.rand(6, 20, generator=gen) < 0.8
+    torch.testing.assert_close(WindowGate(window=20).scores(fired, real), PaperGate().scores(fired, real))
+
+
+@pytest.mark.parametrize("window", [1, 3, 7])
+def test_incremental_update_matches_whole_sequence(window):
+    """KV-cached generation: folding passes into the state trips exactly when some prefix's score > tau."""
+    gen = torch.Generator().manual_seed(window)
+    for _ in range(40):
+        length = int(torch.randint(2, 25, (1,), generator=gen))
+        fired, real = torch.rand(4, length, generator=gen) < 0.4, torch.rand(4, length, generator=gen) < 0.8
+        gate = WindowGate(tau=float(torch.rand(1, generator=gen)) * 0.8, window=window)
+        cuts = [0, *sorted(torch.randint(0, length + 1, (2,), generator=gen).tolist()), length]
+        state = gate.new_state(4, torch.device("cpu"))
+        for start, stop in zip(cuts, cuts[1:]):
+            tripped = gate.update(state, fired[:, start:stop], real[:, start:stop])
+        expected = torch.zeros(4, dtype=torch.bool)
+        for stop in cuts[1:]:
+            expected |= gate.scores(fired[:, :stop], real[:, :stop]) > gate.tau
+        assert torch.equal(tripped, expected)
+
+
+def test_bad_window_and_round_trip():
+    with pytest.raises(ValueError, match="window"):
+        WindowGate(window=0)
+    assert "window" in GATES
+    gate = WindowGate(tau=0.25, window=5)
+    assert gate_from_dict(gate.to_dict()) == gate
+    assert gate.with_tau(0.5) == WindowGate(0.5, 5)
+
+
+def test_window_gate_resists_dilution_where_paper_gate_fails(planted, tmp_path):
+    model, sae = planted
+    calibration, held_out = _word_texts(1, 60, n_forget=1), _word_texts(2, 60, n_forget=1)
+    questions = _word_texts(4, 10, n_forget=4)
+    diluted = [f"{_filler(45)} {q}" for q in questions]
+    paper = dsg.DynamicSAEGuardrail.fit(model, sae, [5], calibration, p_dyn=95, clamp=20.0, progress=False)
+    robust = dsg.DynamicSAEGuardrail.fit(
+        model, sae, [5], calibration, p_dyn=95, clamp=20.0, gate=WindowGate(window=8), progress=False
+    )
+    assert isinstance(robust.gate, WindowGate) and robust.gate.tau > 0
+    # both block the plain questions ...
+    assert paper.is_forget(model, questions).all() and robust.is_forget(model, questions).all()
+    # ... filler unblocks them under the paper's rho, not under the window gate
+    assert paper.is_forget(model, diluted).float().mean() <= 0.2
+    assert robust.is_forget(model, diluted).all()
+    # retain false positives stay near the calibrated 5% for the robust gate
+    assert robust.is_forget(model, held_out).float().mean() <= 0.15
+    # the attached robust guardrail edits the diluted question, leaves an untripped retain text bit-identical
+    tokens = model.to_tokens(diluted[:1])
+    retain_tokens = model.to_tokens(_word_texts(3, 1, n_forget=0))
+    base, retain_base = model(tokens), model(retain_tokens)
+    with robust.attached(model):
+        guarded, retain_guarded = model(tokens), model(retain_tokens)
+    assert not torch.allclose(guarded, base, atol=1e-3)
+    assert torch.equal(retain_guarded, retain_base)
+    robust.save(tmp_path / "g")
+    loaded = dsg.DynamicSAEGuardrail.load(tmp_path / "g", sae=sae)
+    assert loaded.gate == robust.gate
