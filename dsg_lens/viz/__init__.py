@@ -1,0 +1,1 @@
+"""Visualisation: offline circuitsvis token views, latent attributions and matplotlib paper figures."""
