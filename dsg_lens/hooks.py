@@ -3,7 +3,8 @@
 A :class:`HookSpec` names a HookPoint, a TransformerLens hook function, an ``order`` and a ``label``.
 ``with hooks(model, *specs):`` attaches specs for a scope (TransformerLens's level-scoped ``model.hooks``
 underneath, so it nests and never touches hooks that others added); :func:`attach` attaches them until the
-returned :class:`HookHandle` is removed. :func:`attached_hooks` lists what dsg-lens has attached to a model.
+returned :class:`HookHandle` is removed. :func:`attached_hooks` lists what dsg-lens has attached to a model and
+:func:`describe_hooks` prints it as a table (for notebooks).
 
 Order: within one call, specs on the same HookPoint run by ascending ``order`` (ties keep the given order).
 Across calls, TransformerLens's rule holds: hooks run in the order they were attached, so a hook attached in an
@@ -88,6 +89,24 @@ def hook_point(model: nn.Module, name: str) -> HookPoint:
 def attached_hooks(model: nn.Module) -> list[AttachedHook]:
     """The dsg-lens hooks live on ``model`` now, in attachment order."""
     return [entry for entry, _ in _REGISTRY.get(model, [])]
+
+
+def describe_hooks(model: nn.Module) -> str:
+    """A readable table of the dsg-lens hooks live on ``model`` (label, hook name, order, scoped/persistent), in
+    the order they run on each HookPoint, plus a count of forward hooks on the model that dsg-lens did not add."""
+    entries = attached_hooks(model)
+    rows = [("label", "hook name", "order", "lifetime")]
+    rows += [(e.label or "-", e.hook_name, str(e.order), "scoped" if e.scoped else "persistent") for e in entries]
+    widths = [max(len(row[col]) for row in rows) for col in range(4)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    points = {id(point): point for point in model.hook_dict.values()}  # a Bridge lists aliases of one point
+    foreign = sum(len(point.fwd_hooks) for point in points.values()) - len(entries)
+    if not entries:
+        lines = ["no dsg-lens hooks attached"]
+    if foreign > 0:
+        lines.append(f"(+ {foreign} forward hook(s) not added by dsg-lens)")
+    return "\n".join(lines)
 
 
 def _ordered(model: nn.Module, specs: Sequence[HookSpec]) -> list[tuple[str, HookSpec]]:
