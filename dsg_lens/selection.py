@@ -10,7 +10,6 @@ Every rule returns its scores for every latent, so they can be plotted.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +17,13 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from dsg_lens.artifacts import read_json, read_tensors, require, write_json, write_tensors
 from dsg_lens.stats import LatentStats
 
 RATIO_EPS = 1e-21
+FEATURES_SCHEMA = 1
 
 
 @dataclass
@@ -50,17 +50,29 @@ class FeatureSet:
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {"ids": torch.tensor(self.ids, dtype=torch.long)}
-        tensors.update({f"score.{k}": v.contiguous().cpu() for k, v in self.scores.items()})
-        save_file(tensors, folder / "features.safetensors")
-        (folder / "features.json").write_text(json.dumps({"rule": self.rule, "params": self.params}, indent=2))
+        tensors.update({f"score.{k}": v for k, v in self.scores.items()})
+        write_tensors(folder / "features.safetensors", tensors)
+        write_json(folder / "features.json", {"schema_version": FEATURES_SCHEMA, "rule": self.rule, "params": self.params})
 
     @classmethod
     def load(cls, path: str | Path) -> FeatureSet:
+        """Read what :meth:`save` wrote; rejects unknown schema versions, malformed or duplicate ids and scores
+        whose length differs from one another."""
         folder = Path(path)
-        meta = json.loads((folder / "features.json").read_text())
-        tensors = load_file(folder / "features.safetensors")
+        meta_path, tensor_path = folder / "features.json", folder / "features.safetensors"
+        meta = read_json(meta_path, FEATURES_SCHEMA, "feature set")
+        tensors = read_tensors(tensor_path, ("ids",), "feature set")
+        ids = tensors["ids"]
+        if ids.ndim != 1 or ids.dtype != torch.long or ids.numel() == 0:
+            raise ValueError(f"{tensor_path}: ids must be a non-empty 1-D int64 tensor, got {ids.dtype} {tuple(ids.shape)}")
+        id_list = [int(i) for i in ids.tolist()]
+        if min(id_list) < 0 or len(set(id_list)) != len(id_list):
+            raise ValueError(f"{tensor_path}: ids must be distinct non-negative latent ids")
         scores = {k.removeprefix("score."): v for k, v in tensors.items() if k.startswith("score.")}
-        return cls([int(i) for i in tensors["ids"].tolist()], meta["rule"], meta["params"], scores)
+        shapes = {tuple(v.shape) for v in scores.values()}
+        if len(shapes) > 1 or any(len(shape) != 1 or shape[0] <= max(id_list) for shape in shapes):
+            raise ValueError(f"{tensor_path}: scores must be 1-D [d_sae] covering every id, got shapes {shapes}")
+        return cls(id_list, require(meta, "rule", str, meta_path), require(meta, "params", dict, meta_path), scores)
 
 
 def _check_pair(forget: LatentStats, retain: LatentStats, n: int) -> None:
