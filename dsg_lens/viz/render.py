@@ -1,0 +1,114 @@
+"""Regenerate every figure a results folder has data for (``dsg-lens figures --results DIR --out figures/``).
+
+Results are recognised by their keys (schemas in :mod:`dsg_lens.viz.figures`), in every ``*.json`` under the
+folder, plus every saved FeatureSet (``features.json``, e.g. inside a saved guardrail) for the latent scatter:
+
+==========================  ====================================================  ==============================
+figure                       drawn from                                            function
+==========================  ====================================================  ==============================
+``latent_scatter``           a saved FeatureSet (``guardrail/features.*``)         :func:`~.figures.latent_scatter`
+``rho_hist``                 ``report.json["gate"]`` (``dsg-lens demo``)            :func:`~.figures.rho_histogram`
+``pareto``                   all sweeps together (JSON with ``rows``)              :func:`~.figures.pareto_plot`
+``clamp_sweep``              a sweep with more than one clamp value                :func:`~.figures.clamp_sweep`
+``relearning``               JSON with ``steps`` + ``methods``                     :func:`~.figures.curves`
+``sequential``               JSON with ``stages`` + ``methods``                    :func:`~.figures.curves`
+``dilution``                 JSON with ``filler_tokens`` + ``methods``             :func:`~.figures.curves`
+``latent_ablation``          JSON with ``latents`` + ``effects``                   :func:`~.figures.ablation_bars`
+==========================  ====================================================  ==============================
+
+A sweep is named by ``params["method"]`` (else by its folder; a ``sweep.json`` at the top is ``dsg``). When one
+kind of figure has several sources, each file is suffixed with its source folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from dsg_lens.viz.figures import (
+    ablation_bars,
+    clamp_sweep,
+    curves,
+    latent_scatter,
+    latent_scores,
+    pareto_plot,
+    rho_histogram,
+)
+
+CURVE_KINDS = {"steps": "relearning", "stages": "sequential", "filler_tokens": "dilution"}
+
+Job = tuple[str, Path, Callable[[Path], list[Path]]]
+
+
+def _sweep_name(data: dict[str, Any], rel: Path) -> str:
+    method = data.get("params", {}).get("method") or data.get("method")
+    if method:
+        return str(method)
+    if rel.parent == Path("."):
+        return "dsg" if rel.stem == "sweep" else rel.stem
+    return rel.parent.name
+
+
+def _is_sweep(data: dict[str, Any]) -> bool:
+    rows = data.get("rows")
+    return isinstance(rows, list) and bool(rows) and all(
+        isinstance(r, dict) and "forget_acc" in r and "retain_acc" in r for r in rows
+    )
+
+
+def _jobs_for(data: dict[str, Any], rel: Path, sweeps: dict[str, dict[str, Any]]) -> list[Job]:
+    jobs: list[Job] = []
+    gate = data.get("gate")
+    if isinstance(gate, dict) and "scores_forget" in gate:
+        jobs.append(("rho_hist", rel, partial(rho_histogram, gate)))
+    if _is_sweep(data):
+        sweeps[_sweep_name(data, rel)] = data
+        if len({r.get("clamp") for r in data["rows"]} - {None}) > 1:
+            jobs.append(("clamp_sweep", rel, partial(clamp_sweep, data)))
+    for x_key, kind in CURVE_KINDS.items():
+        if x_key in data and "methods" in data:
+            jobs.append((kind, rel, partial(curves, data)))
+    if "latents" in data and "effects" in data:
+        jobs.append(("latent_ablation", rel, partial(ablation_bars, data)))
+    return jobs
+
+
+def _slug(rel: Path) -> str:
+    parts = rel.parent.parts or (rel.stem,)
+    return re.sub(r"[^A-Za-z0-9]+", "-", "_".join(parts)).strip("-") or "root"
+
+
+def render_figures(results_dir: str | Path, figures_dir: str | Path) -> list[Path]:
+    """Draw every figure that ``results_dir`` has results for into ``figures_dir`` (PNG + SVG each); returns
+    the files written. Raises ValueError when the folder is missing or holds no results at all."""
+    results, out = Path(results_dir), Path(figures_dir)
+    if not results.is_dir():
+        raise ValueError(f"results folder {results} does not exist: run `dsg-lens demo --out {results}` first")
+    jobs: list[Job] = []
+    sweeps: dict[str, dict[str, Any]] = {}
+    for path in sorted(results.rglob("*.json")):
+        rel = path.relative_to(results)
+        if path.name == "features.json":
+            jobs.append(("latent_scatter", rel, partial(latent_scatter, latent_scores(path.parent))))
+            continue
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); regenerate it") from err
+        if isinstance(data, dict):
+            jobs.extend(_jobs_for(data, rel, sweeps))
+    if sweeps:
+        jobs.append(("pareto", Path("."), partial(pareto_plot, sweeps)))
+    if not jobs:
+        raise ValueError(f"no results in {results} that a figure is drawn from (see dsg_lens.viz.render)")
+    counts = Counter(kind for kind, _, _ in jobs)
+    written: list[Path] = []
+    for kind, rel, draw in jobs:
+        stem = kind if counts[kind] == 1 else f"{kind}_{_slug(rel)}"
+        written.extend(draw(out / stem))
+    return written
