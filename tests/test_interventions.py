@@ -190,3 +190,56 @@ def test_mask_of_wrong_shape_is_a_clear_error(tiny_gpt2):
         with dsg.hooks(tiny_gpt2, spec):
             tiny_gpt2(_tokens(tiny_gpt2))
     assert dsg.attached_hooks(tiny_gpt2) == []
+
+
+# ------------------------------------------------------------------------------------------- ablation study
+def test_ablation_study_table(tiny_gpt2, tmp_path):
+    from dsg_lens.ablation import COLUMNS, ablation_study, write_table
+
+    sae = make_sae()
+    corpus = texts(8, 5, False)
+    tokens = _tokens(tiny_gpt2)
+    before, _, _ = _capture(tiny_gpt2, tiny_gpt2.to_tokens(corpus, padding_side="right"))
+    live = _live_latents(sae, before, k=2)
+    dead = _kill_latent(sae, before)
+    def probe(model) -> float:  # any model -> float, like an MCQ accuracy
+        with torch.no_grad():
+            return float(model(tokens)[0, -1].softmax(-1).max())
+
+    rows = ablation_study(tiny_gpt2, sae, [*live, dead], corpus, score=probe, batch_size=2, progress=False)
+    assert [(r["ablation"], r["latent"]) for r in rows] == [
+        ("none", None), ("single", live[0]), ("single", live[1]), ("single", dead), ("all", None)]
+    assert rows[-1]["latents"] == [*live, dead] and all(set(r) == set(COLUMNS) for r in rows)
+    # the baseline loss by hand: mean -log p(next token) over real targets
+    seqs = [tiny_gpt2.to_tokens(t)[0] for t in corpus]
+    nll = [-tiny_gpt2(s[None])[0, :-1].log_softmax(-1).gather(-1, s[1:, None]).squeeze(-1) for s in seqs]
+    by_hand = torch.cat(nll).double().mean().item()
+    assert rows[0]["n_tokens"] == sum(s.numel() - 1 for s in seqs)
+    assert abs(rows[0]["loss"] - by_hand) < 1e-5
+    dead_row = rows[3]
+    assert dead_row["delta_loss"] == 0.0 and dead_row["delta_accuracy"] == 0.0
+    assert all(r["delta_loss"] != 0.0 for r in (rows[1], rows[2], rows[4]))
+    csv_path, json_path = write_table(rows, tmp_path / "ablation")
+    header, *lines = csv_path.read_text().splitlines()
+    assert header.split(",") == list(COLUMNS) and len(lines) == len(rows)
+    import json
+
+    stored = json.loads(json_path.read_text())
+    assert stored["schema_version"] == 1 and stored["rows"] == rows
+
+
+def test_ablation_study_mean_mode_and_bad_input(tiny_gpt2):
+    from dsg_lens.ablation import ablation_study
+
+    sae = make_sae()
+    corpus = texts(8, 3, False)
+    with pytest.raises(ValueError, match="means="):
+        ablation_study(tiny_gpt2, sae, [1], corpus, mode="mean", progress=False)
+    with pytest.raises(ValueError, match="unknown mode"):
+        ablation_study(tiny_gpt2, sae, [1], corpus, mode="half", progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        ablation_study(tiny_gpt2, sae, [], corpus, progress=False)
+    stats = dsg.collect_latent_stats(tiny_gpt2, sae, corpus, progress=False)
+    rows = ablation_study(tiny_gpt2, sae, [1, 2], corpus, mode="mean", means=stats, together=False, progress=False)
+    assert [r["ablation"] for r in rows] == ["none", "single", "single"]
+    assert all(r["mode"] == "mean" and r["accuracy"] is None for r in rows)
