@@ -13,7 +13,6 @@ already processed unclamped; the gate decides on the prompt pass and may switch 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -22,10 +21,10 @@ from typing import Any
 
 import torch
 from jaxtyping import Bool, Float
-from safetensors.torch import load_file, save_file
 from sae_lens import SAE
 from torch import Tensor, nn
 
+from dsg_lens.artifacts import read_json, read_tensors, require, write_json, write_tensors
 from dsg_lens.forward_context import ForwardTracker, real_token_mask, special_token_ids
 from dsg_lens.gate import Gate, PaperGate, calibrate_tau, gate_from_dict
 from dsg_lens.hooks import HookHandle, HookSpec, attach, hooks
@@ -61,8 +60,17 @@ class DynamicSAEGuardrail:
         self.label = label
         if not math.isfinite(clamp) or clamp < 0:
             raise ValueError(f"clamp={clamp} must be a finite non-negative number (latents are set to -clamp)")
-        if clamp_scale is not None and (not math.isfinite(clamp_scale) or clamp_scale <= 0 or not resid_norm):
-            raise ValueError("clamp_scale needs a positive finite value and resid_norm (fit() measures it)")
+        if clamp_scale is not None and not (
+            math.isfinite(clamp_scale) and clamp_scale > 0 and resid_norm is not None and math.isfinite(resid_norm)
+            and resid_norm > 0
+        ):
+            raise ValueError(
+                f"clamp_scale={clamp_scale} needs to be positive and finite, with a positive finite resid_norm "
+                f"(got {resid_norm}; fit() measures it)"
+            )
+        tau = getattr(gate, "tau", None)
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau):
+            raise ValueError(f"gate threshold tau={tau!r} must be a finite number (calibrate it with fit())")
         self.clamp, self.clamp_scale, self.resid_norm = float(clamp), clamp_scale, resid_norm
         self._view_cpu = SelectedLatents(sae, self.latent_ids)
         self.clamp_values = self._clamp_values()
@@ -128,7 +136,10 @@ class DynamicSAEGuardrail:
         device = torch.device(model.cfg.device)
         view = SelectedLatents(self.sae, self.latent_ids, device=device)
         if view.full_sae is not None and view.full_sae.W_dec.device != device:
-            raise ValueError(f"{sae_architecture(self.sae)} SAE on {view.full_sae.W_dec.device} but model on {device}")
+            raise ValueError(
+                f"the {sae_architecture(self.sae)} SAE is on {view.full_sae.W_dec.device} but the model is on {device} "
+                "(this SAE needs its full encode): move it first, sae.to(model.cfg.device)"
+            )
         clamp_values = -self.clamp_values.to(device=device, dtype=view.sae_dtype)
         specials = torch.tensor(special_token_ids(model), dtype=torch.long, device=device)
         gate = self.gate
@@ -148,7 +159,8 @@ class DynamicSAEGuardrail:
             tripped = gate.update(gate_state, fired, real)
             clamp_here = (fired & tripped[:, None])[..., None]
             delta = view.delta(clamp_values.expand_as(acts), acts)
-            return torch.where(clamp_here, (resid.to(delta.dtype) + delta).to(resid.dtype), resid)
+            exact = torch.promote_types(resid.dtype, delta.dtype)  # never add in the lower precision
+            return torch.where(clamp_here, (resid.to(exact) + delta.to(exact)).to(resid.dtype), resid)
 
         return HookSpec(hook_name, guardrail_hook, order=GUARDRAIL_HOOK_ORDER, label=self.label, owner=self)
 
@@ -190,8 +202,8 @@ class DynamicSAEGuardrail:
             "sae": _sae_identity(self.sae, self.latent_ids),
         }
         tensors = {"latent_ids": torch.tensor(self.latent_ids, dtype=torch.long), "clamp_values": self.clamp_values}
-        save_file({k: v.contiguous() for k, v in tensors.items()}, folder / "guardrail.safetensors")
-        (folder / "guardrail.json").write_text(json.dumps(meta, indent=2))
+        write_tensors(folder / "guardrail.safetensors", tensors)
+        write_json(folder / "guardrail.json", meta)
         if self.features is not None:
             self.features.save(folder)
 
@@ -199,29 +211,37 @@ class DynamicSAEGuardrail:
     def load(cls, path: str | Path, sae: SAE) -> DynamicSAEGuardrail:
         """Load a saved guardrail for ``sae``; refuses an SAE that differs from the one it was fitted on."""
         folder = Path(path)
-        meta_path = folder / "guardrail.json"
-        if not meta_path.is_file():
-            raise ValueError(f"{folder} is not a saved guardrail (no guardrail.json)")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("schema_version") != GUARDRAIL_SCHEMA:
-            raise ValueError(f"unsupported guardrail schema {meta.get('schema_version')!r} (expected {GUARDRAIL_SCHEMA})")
-        ids = [int(i) for i in meta["latent_ids"]]
-        tensors = load_file(folder / "guardrail.safetensors")
+        meta_path, tensor_path = folder / "guardrail.json", folder / "guardrail.safetensors"
+        meta = read_json(meta_path, GUARDRAIL_SCHEMA, "guardrail")
+        raw_ids = require(meta, "latent_ids", list, meta_path)
+        if not raw_ids or any(isinstance(i, bool) or not isinstance(i, int) for i in raw_ids):
+            raise ValueError(f"{meta_path}: latent_ids must be a non-empty list of ints, got {raw_ids!r}")
+        ids = [int(i) for i in raw_ids]
+        bad = [i for i in ids if not 0 <= i < sae.cfg.d_sae]
+        if bad:
+            raise ValueError(
+                f"{meta_path}: saved latent ids {bad[:5]} are out of range for an SAE with d_sae={sae.cfg.d_sae}"
+            )
+        tensors = read_tensors(tensor_path, ("latent_ids", "clamp_values"), "guardrail")
         if tensors["latent_ids"].tolist() != ids or tensors["clamp_values"].shape != (len(ids),):
-            raise ValueError("guardrail.safetensors does not match guardrail.json (latent ids or clamp shape)")
-        if any(not 0 <= i < sae.cfg.d_sae for i in ids):
-            raise ValueError(f"saved latent ids are out of range for an SAE with d_sae={sae.cfg.d_sae}")
-        expected, actual = meta["sae"], _sae_identity(sae, ids)
+            raise ValueError(f"{tensor_path} does not match {meta_path} (latent ids or clamp_values shape)")
+        expected, actual = require(meta, "sae", dict, meta_path), _sae_identity(sae, ids)
         if expected != actual:
             diff = {k: (expected.get(k), actual.get(k)) for k in expected if expected.get(k) != actual.get(k)}
             raise ValueError(f"this SAE is not the one the guardrail was fitted on: {diff}")
         features: FeatureSet | list[int] = ids
         if (folder / "features.json").is_file():
             features = FeatureSet.load(folder)
+            if features.ids != ids:
+                raise ValueError(f"{folder}: features.safetensors ids {features.ids[:5]}... differ from guardrail.json")
         guard = cls(
-            sae, features, gate_from_dict(meta["gate"]), clamp=meta["clamp"], clamp_scale=meta["clamp_scale"],
-            resid_norm=meta["resid_norm"], hook_name=meta["hook_name"], label=meta.get("label", "dsg-guardrail"),
+            sae, features, gate_from_dict(require(meta, "gate", dict, meta_path)),
+            clamp=require(meta, "clamp", (int, float), meta_path), clamp_scale=meta.get("clamp_scale"),
+            resid_norm=meta.get("resid_norm"), hook_name=require(meta, "hook_name", str, meta_path),
+            label=meta.get("label", "dsg-guardrail"),
         )
+        if not torch.allclose(guard.clamp_values, tensors["clamp_values"].float(), rtol=1e-5, atol=0.0):
+            raise ValueError(f"{tensor_path}: clamp_values differ from those implied by {meta_path} (tampered?)")
         guard.p_dyn = meta.get("p_dyn")
         return guard
 
