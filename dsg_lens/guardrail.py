@@ -282,9 +282,13 @@ def full_form_edit(
     latent_ids: Sequence[int],
     clamp_mask: Bool[Tensor, "batch pos"],
     clamp_values: Float[Tensor, " n"],
+    acts: Float[Tensor, "batch pos d_sae"] | None = None,
 ) -> Float[Tensor, "batch pos d"]:
-    """Reference formulation (paper/SAEBench): full encode, clamp, decode, add the SAE error back."""
-    acts = sae.encode(resid)
+    """Reference formulation (paper/SAEBench): full encode, clamp, decode, add the SAE error back.
+
+    ``acts`` is ``sae.encode(resid)`` when the caller has it already (the encode is then not repeated).
+    """
+    acts = sae.encode(resid) if acts is None else acts
     error = resid.to(acts.dtype) - sae.decode(acts)
     ids = torch.as_tensor(list(latent_ids), device=acts.device)
     edited = acts.clone()
