@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -65,7 +66,27 @@ def check_sae_fits_model(model: nn.Module, sae: SAE, hook_name: str | None = Non
             f"The SAE was trained for model {sae_for} but this model is {own_name!r}. "
             "Pass the matching SAE (or clear sae.cfg.metadata.model_name if you know they share weights)."
         )
+    _check_dtypes(model, sae)
     return name
+
+
+def _check_dtypes(model: nn.Module, sae: SAE) -> None:
+    """Model activations are cast to the SAE's dtype for encoding: allowed (with a warning) only when that cast is
+    exact, i.e. the SAE's dtype is at least as precise as the model's."""
+    model_dtype = getattr(model.cfg, "dtype", None) or next(model.parameters()).dtype
+    sae_dtype = sae.W_dec.dtype
+    if model_dtype == sae_dtype:
+        return
+    if torch.promote_types(model_dtype, sae_dtype) != sae_dtype:
+        raise ValueError(
+            f"the SAE is {sae_dtype} but the model is {model_dtype}: casting activations to {sae_dtype} loses "
+            f"precision. Cast the SAE: sae.to(dtype={model_dtype})"
+        )
+    warnings.warn(
+        f"the model is {model_dtype} and the SAE {sae_dtype}: activations are upcast to {sae_dtype} for the SAE "
+        f"(exact) and edits are returned in {model_dtype}",
+        stacklevel=3,
+    )
 
 
 def _norm(name: str) -> str:
@@ -105,6 +126,7 @@ class SelectedLatents(nn.Module):
         if len(set(ids)) != len(ids):
             raise ValueError("latent_ids contains duplicates")
         device = torch.device(device) if device is not None else sae.W_dec.device
+        _check_finite(sae, ids)
         self.sae_dtype = sae.W_dec.dtype
         index = torch.tensor(ids, dtype=torch.long, device=sae.W_dec.device)
         self.register_buffer("latent_ids", index.to(device))
@@ -131,6 +153,15 @@ class SelectedLatents(nn.Module):
     ) -> Float[Tensor, "*batch d_in"]:
         """Change of the SAE reconstruction when the selected latents go from ``old_acts`` to ``new_acts``."""
         return einsum(new_acts - old_acts, self.W_dec_selected, "... n, n d -> ... d")
+
+
+def _check_finite(sae: SAE, ids: list[int]) -> None:
+    """NaN/inf in the selected latents' parameters would silently disable them (NaN > 0 is False)."""
+    index = torch.tensor(ids, dtype=torch.long, device=sae.W_dec.device)
+    for name, param in sae.state_dict().items():
+        part = param.index_select(_LATENT_AXIS[name], index) if name in _LATENT_AXIS else param
+        if part.is_floating_point() and not part.is_meta and not torch.isfinite(part).all():
+            raise ValueError(f"the SAE parameter {name} has NaN/inf for the selected latents: the SAE is corrupted")
 
 
 def _slice_sae(sae: SAE, index: Tensor) -> SAE:
