@@ -17,7 +17,7 @@ figure                       drawn from                                         
 ==========================  ====================================================  ==============================
 
 A sweep is named by ``params["method"]`` (else by its folder; a ``sweep.json`` at the top is ``dsg``). When one
-kind of figure has several sources, each file is suffixed with its source folder.
+kind of figure has several sources, each file is suffixed with its source (folder, or the sweep's name).
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from dsg_lens.viz.figures import (
 
 CURVE_KINDS = {"steps": "relearning", "stages": "sequential", "filler_tokens": "dilution"}
 
-Job = tuple[str, Path, Callable[[Path], list[Path]]]
+Job = tuple[str, str, Callable[[Path], list[Path]]]
+"""(figure kind, source label used when a kind has several sources, drawing function of the output stem)."""
 
 
 def _sweep_name(data: dict[str, Any], rel: Path) -> str:
@@ -63,22 +64,25 @@ def _is_sweep(data: dict[str, Any]) -> bool:
 
 def _jobs_for(data: dict[str, Any], rel: Path, sweeps: dict[str, dict[str, Any]]) -> list[Job]:
     jobs: list[Job] = []
+    label = _slug(rel)
     gate = data.get("gate")
     if isinstance(gate, dict) and "scores_forget" in gate:
-        jobs.append(("rho_hist", rel, partial(rho_histogram, gate)))
+        jobs.append(("rho_hist", label, partial(rho_histogram, gate)))
     if _is_sweep(data):
-        sweeps[_sweep_name(data, rel)] = data
+        name = _sweep_name(data, rel)
+        sweeps[name] = data
         if len({r.get("clamp") for r in data["rows"]} - {None}) > 1:
-            jobs.append(("clamp_sweep", rel, partial(clamp_sweep, data)))
+            jobs.append(("clamp_sweep", _slug(Path(name)), partial(clamp_sweep, data)))
     for x_key, kind in CURVE_KINDS.items():
         if x_key in data and "methods" in data:
-            jobs.append((kind, rel, partial(curves, data)))
+            jobs.append((kind, label, partial(curves, data)))
     if "latents" in data and "effects" in data:
-        jobs.append(("latent_ablation", rel, partial(ablation_bars, data)))
+        jobs.append(("latent_ablation", label, partial(ablation_bars, data)))
     return jobs
 
 
 def _slug(rel: Path) -> str:
+    """Source label: the file's folder (relative to the results), or its name for files at the top."""
     parts = rel.parent.parts or (rel.stem,)
     return re.sub(r"[^A-Za-z0-9]+", "-", "_".join(parts)).strip("-") or "root"
 
@@ -94,7 +98,7 @@ def render_figures(results_dir: str | Path, figures_dir: str | Path) -> list[Pat
     for path in sorted(results.rglob("*.json")):
         rel = path.relative_to(results)
         if path.name == "features.json":
-            jobs.append(("latent_scatter", rel, partial(latent_scatter, latent_scores(path.parent))))
+            jobs.append(("latent_scatter", _slug(rel), partial(latent_scatter, latent_scores(path.parent))))
             continue
         try:
             data = json.loads(path.read_text())
@@ -103,12 +107,12 @@ def render_figures(results_dir: str | Path, figures_dir: str | Path) -> list[Pat
         if isinstance(data, dict):
             jobs.extend(_jobs_for(data, rel, sweeps))
     if sweeps:
-        jobs.append(("pareto", Path("."), partial(pareto_plot, sweeps)))
+        jobs.append(("pareto", "all", partial(pareto_plot, sweeps)))
     if not jobs:
         raise ValueError(f"no results in {results} that a figure is drawn from (see dsg_lens.viz.render)")
     counts = Counter(kind for kind, _, _ in jobs)
     written: list[Path] = []
-    for kind, rel, draw in jobs:
-        stem = kind if counts[kind] == 1 else f"{kind}_{_slug(rel)}"
+    for kind, label, draw in jobs:
+        stem = kind if counts[kind] == 1 else f"{kind}_{label}"
         written.extend(draw(out / stem))
     return written
