@@ -131,21 +131,24 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _usable(s: Synset, word: str) -> bool:
-    """A definition that does not give the word away and reads as a noun phrase."""
+def _usable(s: Synset, word: str, shared: set[str]) -> bool:
+    """A definition that names one synset only, does not give the word away and reads as a noun phrase."""
     definition = s.definition.lower()
-    return len(definition) >= 12 and word[:5] not in definition and not definition.startswith("(")
+    return (len(definition) >= 12 and word[:5] not in definition and not definition.startswith("(")
+            and s.definition not in shared)
 
 
 def pick_questions(synsets: list[Synset], tags: dict[str, int], mentions: Counter[str], domain: str,
                    n: int) -> list[tuple[Synset, str]]:
     """The ``n`` most common (synset, answer word) pairs of ``domain``, one synset per word."""
+    counts = Counter(s.definition for s in synsets)
+    shared = {d for d, c in counts.items() if c > 1}
     ranked = []
     for s in synsets:
         if s.domain != domain:
             continue
         found = answer_word(s, tags, mentions)
-        if found is not None and _usable(s, found[0]):
+        if found is not None and _usable(s, found[0], shared):
             ranked.append((found[1], s.offset, s, found[0]))
     ranked.sort(key=lambda r: (r[0], r[1]), reverse=True)
     chosen, seen = [], set()

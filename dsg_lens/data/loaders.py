@@ -15,8 +15,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
-
 import datasets
 
 __all__ = [
@@ -177,7 +175,7 @@ def open_dataset(source: str | os.PathLike[str], config: str | None = None,
             f"could not load {where} from the Hugging Face Hub: the network is unavailable (or HF_HUB_OFFLINE is "
             f"set). Where you have network, save a copy: datasets.load_dataset({name!r}, {config!r}, "
             f"split={split!r}).save_to_disk('DIR') (or .to_json('FILE.jsonl') / .to_parquet('FILE.parquet')), "
-            f"then pass that path as the source instead of the hub id."
+            f"then pass that local path as `source` instead of the hub id."
         ) from error
 
 
@@ -198,7 +196,7 @@ def load_corpus(source: str | os.PathLike[str], config: str | None = None, split
     return [t for t in dataset[text_field] if t is not None and len(t) >= min_chars]
 
 
-def load_wmdp(subset: Literal["bio", "cyber", "chem"] = "bio",
+def load_wmdp(subset: str = "bio",
               source: str | os.PathLike[str] = "cais/wmdp") -> list[MCQ]:
     """The WMDP test questions of ``subset`` (hub config ``wmdp-<subset>``)."""
     if subset not in ("bio", "cyber", "chem"):
@@ -211,7 +209,7 @@ def load_mmlu(subject: str, source: str | os.PathLike[str] = "cais/mmlu", split:
     return load_mcq(source, subject, split, subject=subject)
 
 
-def load_wmdp_corpus(name: Literal["bio-retain", "cyber-forget", "cyber-retain"] = "cyber-forget",
+def load_wmdp_corpus(name: str = "cyber-forget",
                      source: str | os.PathLike[str] = "cais/wmdp-corpora", min_chars: int = 0) -> list[str]:
     """A WMDP corpus (hub config ``<name>-corpus``; the bio forget corpus is gated and not on this hub id)."""
     if name not in ("bio-retain", "cyber-forget", "cyber-retain"):
@@ -243,7 +241,7 @@ def load_embedded_benchmark(domain: str = "forget") -> list[MCQ]:
     return chosen
 
 
-def load_embedded_corpus(kind: Literal["forget", "retain"] = "forget") -> list[str]:
+def load_embedded_corpus(kind: str = "forget") -> list[str]:
     """The shipped WordNet corpus paragraphs of the forget or retain domains (disjoint from the questions)."""
     if kind not in ("forget", "retain"):
         raise ValueError(f"unknown corpus {kind!r}: use 'forget' or 'retain'")
