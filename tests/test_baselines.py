@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FORGET_WORDS, WORDS, make_model, planted_setup, texts
+from conftest import make_model, planted_setup, texts
+from tiny_mcq import word_mcqs
 
 from dsg_lens.baselines import RMUConfig, StaticClamp, compare_methods, format_table, measure, rmu_unlearn
-from dsg_lens.data.loaders import MCQ
 
 
 @pytest.fixture(scope="module")
@@ -15,17 +15,6 @@ def planted(tiny_tokenizer):
     model = make_model("llama", tiny_tokenizer)
     sae, _ = planted_setup(model)
     return model, sae
-
-
-def word_mcqs(seed: int, n: int, forget: bool) -> list[MCQ]:
-    """Cloze questions on word texts: forget questions mention forget words, retain ones never do."""
-    out = []
-    for i, text in enumerate(texts(seed, n, forget)):
-        choices = ("w1", "w2", "w3") if not forget else tuple(FORGET_WORDS)
-        out.append(MCQ(id=f"{'f' if forget else 'r'}{seed}-{i}", question=text, choices=choices, answer=i % 3,
-                       subject="forget" if forget else "retain", context=text,
-                       candidates=tuple(f" {c}" for c in choices), neutral_context="w0"))
-    return out
 
 
 def test_static_clamp_selects_planted_latent_and_edits_only_where_it_fires(planted, tmp_path):

@@ -4,30 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FORGET_WORDS, WORDS, make_model, planted_setup
+from conftest import make_model, planted_setup
+from tiny_mcq import filler, word_texts
 
 import dsg_lens as dsg
 from dsg_lens.gate import GATES, PaperGate, WindowGate, gate_from_dict
-
-NEUTRAL = WORDS[:44]
-
-
-def _word_texts(seed: int, n: int, n_forget: int, length: tuple[int, int] = (6, 12)) -> list[str]:
-    """Neutral word texts with exactly ``n_forget`` forget words each (retain texts that sometimes fire)."""
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        size = int(torch.randint(*length, (1,), generator=gen))
-        words = [NEUTRAL[int(i)] for i in torch.randint(0, len(NEUTRAL), (size,), generator=gen)]
-        for k, pos in enumerate(torch.randperm(size, generator=gen)[:n_forget]):
-            words[int(pos)] = FORGET_WORDS[k % 3]
-        out.append(" ".join(words))
-    return out
-
-
-def _filler(n_words: int, seed: int = 99) -> str:
-    gen = torch.Generator().manual_seed(seed)
-    return " ".join(NEUTRAL[int(i)] for i in torch.randint(0, len(NEUTRAL), (n_words,), generator=gen))
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +69,9 @@ def test_bad_window_and_round_trip():
 
 def test_window_gate_resists_dilution_where_paper_gate_fails(planted, tmp_path):
     model, sae = planted
-    calibration, held_out = _word_texts(1, 60, n_forget=1), _word_texts(2, 60, n_forget=1)
-    questions = _word_texts(4, 10, n_forget=4)
-    diluted = [f"{_filler(45)} {q}" for q in questions]
+    calibration, held_out = word_texts(1, 60, n_forget=1), word_texts(2, 60, n_forget=1)
+    questions = word_texts(4, 10, n_forget=4)
+    diluted = [f"{filler(45)} {q}" for q in questions]
     paper = dsg.DynamicSAEGuardrail.fit(model, sae, [5], calibration, p_dyn=95, clamp=20.0, progress=False)
     robust = dsg.DynamicSAEGuardrail.fit(
         model, sae, [5], calibration, p_dyn=95, clamp=20.0, gate=WindowGate(window=8), progress=False
@@ -105,7 +86,7 @@ def test_window_gate_resists_dilution_where_paper_gate_fails(planted, tmp_path):
     assert robust.is_forget(model, held_out).float().mean() <= 0.15
     # the attached robust guardrail edits the diluted question, leaves an untripped retain text bit-identical
     tokens = model.to_tokens(diluted[:1])
-    retain_tokens = model.to_tokens(_word_texts(3, 1, n_forget=0))
+    retain_tokens = model.to_tokens(word_texts(3, 1, n_forget=0))
     base, retain_base = model(tokens), model(retain_tokens)
     with robust.attached(model):
         guarded, retain_guarded = model(tokens), model(retain_tokens)

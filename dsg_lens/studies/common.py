@@ -1,0 +1,90 @@
+"""What every study shares: the default setup (model, SAE, corpora, base-correct questions), accuracy, fine-tuning
+with a language-modelling loss, and writing ``<name>.json``."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from sae_lens import SAE
+from torch import nn
+
+from dsg_lens.artifacts import write_json
+from dsg_lens.data.loaders import MCQ
+from dsg_lens.eval.mcq import score_mcq
+from dsg_lens.models import load_model
+from dsg_lens.pipeline import PipelineConfig, base_correct_questions, load_sae, load_texts
+from dsg_lens.tokens import iter_batches, to_sequences
+
+
+@dataclass
+class Setup:
+    """A model, its SAE, forget/retain corpora and the base-correct forget/retain questions."""
+
+    model: nn.Module
+    sae: SAE
+    forget_texts: list[str]
+    retain_texts: list[str]
+    forget_questions: list[MCQ]
+    retain_questions: list[MCQ]
+    config: PipelineConfig
+
+
+def load_setup(cfg: PipelineConfig | None = None, *, device: str | None = None, progress: bool = True) -> Setup:
+    """Load the sources named in ``cfg`` (default: the embedded SmolLM2 + WordNet benchmark), fp32."""
+    cfg = cfg or PipelineConfig()
+    model = load_model(cfg.model, device=device)
+    sae = load_sae(cfg.sae, device=model.cfg.device)
+    forget_q, retain_q = base_correct_questions(model, cfg, progress)
+    return Setup(model, sae, load_texts(cfg.forget_corpus), load_texts(cfg.retain_corpus), forget_q, retain_q, cfg)
+
+
+def accuracy(model: nn.Module, questions: Sequence[MCQ], protocol: str = "completion", batch_size: int = 8,
+             progress: bool = False) -> float:
+    """MCQ accuracy of ``model`` as it is now (hooks attached or not)."""
+    return score_mcq(model, list(questions), protocol, batch_size=batch_size, progress=progress).accuracy
+
+
+def lm_fine_tune(
+    model: nn.Module, texts: Sequence[str], *, steps: int, lr: float, batch_size: int = 4, max_len: int = 128,
+    seed: int = 0, after_step: Callable[[int, nn.Module, float], None] | None = None,
+) -> nn.Module:
+    """A deep copy of ``model`` fine-tuned on ``texts`` (next-token loss on real tokens, AdamW, all weights),
+    cycling through the texts in a seeded order; ``after_step(step, model, loss)`` is called after each step."""
+    if steps < 0 or lr <= 0 or batch_size < 1:
+        raise ValueError("fine-tuning needs steps >= 0, lr > 0 and batch_size >= 1")
+    tuned = copy.deepcopy(model).eval()
+    sequences = to_sequences(tuned, list(texts), max_len)
+    order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(seed)).tolist()
+    optimizer = torch.optim.AdamW([p for p in tuned.parameters() if p.requires_grad], lr=lr)
+    for step in range(1, steps + 1):
+        start = ((step - 1) * batch_size) % len(order)
+        chosen = [sequences[order[(start + k) % len(order)]] for k in range(min(batch_size, len(order)))]
+        batch = next(iter(iter_batches(tuned, chosen, batch_size)))
+        logits = tuned(batch.tokens, return_type="logits")
+        targets = batch.tokens[:, 1:]
+        mask = batch.real[:, 1:]
+        log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets[..., None])[..., 0]
+        loss = -(log_probs * mask).sum() / mask.sum().clamp(min=1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if after_step is not None:
+            with torch.no_grad():
+                after_step(step, tuned, float(loss.detach()))
+    for param in tuned.parameters():
+        param.grad = None
+    return tuned
+
+
+def save_result(result: dict[str, Any], out_dir: str | Path | None, name: str) -> dict[str, Any]:
+    """Write ``result`` to ``out_dir/<name>.json`` (when ``out_dir`` is given); returns ``result``."""
+    if out_dir is not None:
+        folder = Path(out_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / f"{name}.json", result)
+    return result

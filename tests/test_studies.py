@@ -1,0 +1,181 @@
+"""Robustness studies on tiny planted-feature models (fast)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_model, planted_setup, texts
+from tiny_mcq import NEUTRAL, word_mcqs, word_texts
+
+import dsg_lens as dsg
+from dsg_lens.baselines import RMUConfig, rmu_unlearn
+from dsg_lens.data.loaders import MCQ
+from dsg_lens.gate import WindowGate
+from dsg_lens.studies import (
+    Topic,
+    attack_study,
+    default_attacks,
+    dilute,
+    efficiency_study,
+    embedded_topics,
+    paraphrase,
+    relearn_study,
+    sequential_study,
+    split_turns,
+    zeroshot_study,
+)
+from dsg_lens.studies.attacks import filler_text
+from dsg_lens.studies.common import accuracy
+from dsg_lens.studies.efficiency import subset
+
+
+@pytest.fixture(scope="module")
+def planted(tiny_tokenizer):
+    model = make_model("llama", tiny_tokenizer)
+    sae, _ = planted_setup(model)
+    return model, sae
+
+
+@pytest.fixture(scope="module")
+def guards(planted):
+    model, sae = planted
+    calibration = word_texts(1, 60, n_forget=1)
+    paper = dsg.DynamicSAEGuardrail.fit(model, sae, [5], calibration, clamp=20.0, progress=False)
+    window = dsg.DynamicSAEGuardrail.fit(model, sae, [5], calibration, clamp=20.0, gate=WindowGate(window=8),
+                                         progress=False)
+    return {"paper": paper, "window": window}
+
+
+def cloze(context: str) -> MCQ:
+    return MCQ(id="q", question=f'Which word means "{context}"?', choices=("a", "b"), answer=1, context=f"{context} is called",
+               candidates=(" an a", " a b"), neutral_context="It is called")
+
+
+# ------------------------------------------------------------------------------------------------- attacks
+def test_rewrites_keep_the_answer_and_change_the_context(tiny_gpt2):
+    q = cloze("Large carnivorous feline")
+    diluted = dilute(q, "some filler")
+    assert diluted.cloze()[0] == "some filler\n\nLarge carnivorous feline is called"
+    assert diluted.cloze()[1:] == q.cloze()[1:] and diluted.answer == q.answer
+    assert dilute(q, "") is q and split_turns(tiny_gpt2, q, 1) is q
+    split = split_turns(tiny_gpt2, q, 3)
+    context = split.cloze()[0]
+    assert context.count("Assistant: Go on.") == 2 and context.endswith("is called")
+    assert "Large carnivorous" in context and split.cloze()[1] == q.cloze()[1]
+    assert paraphrase(q, "The word for {gloss} is").cloze()[0] == "The word for large carnivorous feline is"
+    with pytest.raises(ValueError, match="is called"):
+        paraphrase(MCQ(id="x", question="q", choices=("a", "b"), answer=0), "{gloss}")
+    with pytest.raises(ValueError, match="n_turns"):
+        split_turns(tiny_gpt2, q, 0)
+
+
+def test_filler_text_has_the_requested_length(tiny_gpt2):
+    text = filler_text(tiny_gpt2, [" ".join(NEUTRAL)], 20)
+    assert tiny_gpt2.to_tokens(text, prepend_bos=False).shape[1] == 20
+    with pytest.raises(ValueError, match="fewer"):
+        filler_text(tiny_gpt2, ["w1 w2"], 20)
+
+
+def test_attack_study_dilution_beats_paper_gate_not_window_gate(planted, guards, tmp_path):
+    model, _ = planted
+    fq, rq = word_mcqs(40, 8, True), word_mcqs(41, 8, False)
+    attacks = default_attacks(model, [" ".join(NEUTRAL)], filler_tokens=(0, 40), turns=(1, 2), paraphrases=())
+    result = attack_study(model, guards, fq, rq, attacks, batch_size=4, out_dir=tmp_path, progress=False)
+    assert json.loads((tmp_path / "attacks.json").read_text()) == result
+    dilution = {row["strength"]: row["guards"] for row in result["attacks"]["dilution"]}
+    assert dilution[0]["paper"]["firing_rate"] == 1.0 and dilution[0]["window"]["firing_rate"] == 1.0
+    assert dilution[40]["paper"]["firing_rate"] <= 0.25
+    assert dilution[40]["window"]["firing_rate"] == 1.0
+    assert set(result["attacks"]) == {"dilution", "split"}
+    for name in guards:  # retain questions never contain forget words: no false positives, accuracy unchanged
+        assert result["retain"][name]["fpr"] == 0.0
+        assert result["retain"][name]["retain_acc"] == result["base_retain_acc"]
+
+
+# ------------------------------------------------------------------------------------------------- relearn
+def test_relearn_curve(planted, guards, tmp_path):
+    model, _ = planted
+    fq = word_mcqs(50, 6, True)
+    rmu = rmu_unlearn(model, texts(51, 8, True), texts(52, 8, False),
+                      RMUConfig(layer=0, steering_coef=3.0, steps=2, batch_size=2, max_len=8), progress=False)
+    before = model.W_E.detach().clone()
+    result = relearn_study(model, guards["paper"], texts(53, 4, True), fq, rmu_model=rmu.model, steps=3, lr=5e-2, max_len=16,
+                           batch_size=2, out_dir=tmp_path, progress=False)
+    assert torch.equal(model.W_E, before)  # fine-tuning works on copies
+    assert [row["step"] for row in result["curve"]] == [0, 1, 2, 3]
+    first = result["curve"][0]
+    assert first["base_forget_acc"] == accuracy(model, fq, batch_size=8)
+    assert first["rmu_forget_acc"] == accuracy(rmu.model, fq, batch_size=8)
+    assert first["loss"] is None and all(row["loss"] > 0 for row in result["curve"][1:])
+    assert all(0 <= row["dsg_firing_rate"] <= 1 for row in result["curve"])
+    assert (tmp_path / "relearn.json").is_file()
+    with pytest.raises(ValueError, match="eval_steps"):
+        relearn_study(model, guards["paper"], ["w1"], fq, steps=2, eval_steps=[5], progress=False)
+
+
+# ---------------------------------------------------------------------------------------------- sequential
+def test_sequential_composes_guardrails_and_removes_them(planted):
+    model, sae = planted
+    topics = [Topic("a", texts(60, 12, True), word_mcqs(61, 6, True)),
+              Topic("b", word_texts(62, 12, n_forget=3), word_mcqs(63, 6, True))]
+    rq = word_mcqs(64, 8, False)
+    r_tok = model.to_tokens(texts(65, 1, False))
+    reference = model(r_tok)
+    result = sequential_study(model, sae, topics, texts(66, 24, False), rq, n=1, p_ratio=90, clamp=20.0,
+                              batch_size=4, progress=False)
+    assert [s["added"] for s in result["steps"]] == [None, "a", "b"]
+    assert all(s["retain_acc"] == result["steps"][0]["retain_acc"] for s in result["steps"])
+    assert result["steps"][1]["features"] == [5] and result["steps"][2]["features"] == [5]
+    assert set(result["steps"][2]["forget_acc"]) == {"a", "b"}
+    assert dsg.attached_hooks(model) == []
+    assert torch.equal(model(r_tok), reference)
+
+
+def test_embedded_topics_split_questions_without_overlap():
+    topics, retain_texts, retain_q = embedded_topics(("noun.animal", "noun.food"), max_questions=20)
+    assert [t.name for t in topics] == ["noun.animal", "noun.food"]
+    for topic in topics:
+        assert len(topic.questions) == 20 and all(q.subject == topic.name for q in topic.questions)
+        held_out = {f"{q.cloze()[0]}{q.cloze()[1][q.answer]}." for q in topic.questions}
+        assert not held_out & set(topic.texts)
+    assert retain_q and all(q.subject not in ("noun.animal", "noun.food") for q in retain_q)
+    assert retain_texts and not set(retain_texts) & set(topics[0].texts)
+    with pytest.raises(ValueError, match="unknown"):
+        embedded_topics(("noun.bogus",))
+
+
+# ---------------------------------------------------------------------------------------------- efficiency
+def test_subset_is_seeded_and_sized():
+    items = [str(i) for i in range(200)]
+    assert subset(items, 0.05, seed=1) == subset(items, 0.05, seed=1) != subset(items, 0.05, seed=2)
+    assert len(subset(items, 0.05)) == 10 and len(subset(items, 0.001)) == 1 and subset(items, 1.0) == items
+    with pytest.raises(ValueError, match="fraction"):
+        subset(items, 0.0)
+
+
+def test_efficiency_study(planted, tmp_path):
+    model, sae = planted
+    result = efficiency_study(model, sae, texts(70, 20, True), texts(71, 24, False), word_mcqs(72, 4, True),
+                              word_mcqs(73, 4, False), fractions=(0.1, 1.0), n=1, p_ratio=90, clamp=20.0,
+                              batch_size=4, out_dir=tmp_path, progress=False)
+    assert [r["fraction"] for r in result["rows"]] == [1.0, 0.1]
+    assert [r["n_texts"] for r in result["rows"]] == [20, 2]
+    assert all(r["features"] == [5] and r["jaccard_vs_largest"] == 1.0 for r in result["rows"])
+    assert all(r["retain_acc"] == result["base"]["retain_acc"] for r in result["rows"])
+    assert (tmp_path / "efficiency.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ zero-shot
+def test_zeroshot_finds_the_planted_latent_and_scans_tau(planted):
+    model, sae = planted
+    topic = ["cat dog fox", "the fox and the dog", "cat"]
+    result = zeroshot_study(model, sae, topic, texts(80, 24, False), word_mcqs(81, 6, True), word_mcqs(82, 6, False),
+                            taus=(0.1, 0.95), n=1, p_ratio=90, clamp=20.0, batch_size=4, progress=False)
+    assert result["features"] == [5]
+    low, high = result["rows"]
+    assert low["tpr"] == 1.0 and high["tpr"] < low["tpr"] and low["fpr"] == 0.0
+    assert result["best"] is not None and result["best"]["tau"] in (0.1, 0.95)
+    with pytest.raises(ValueError, match="taus"):
+        zeroshot_study(model, sae, topic, ["w1"], [], [], taus=(1.5,))
