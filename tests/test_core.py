@@ -360,3 +360,11 @@ def test_persistent_attach_handle_removes_exactly_ours(tiny_gpt2):
     assert len(tiny_gpt2.hook_dict["blocks.1.hook_resid_pre"].fwd_hooks) == 1
     other.remove()
     assert not tiny_gpt2.hook_dict["blocks.1.hook_resid_pre"].fwd_hooks
+
+
+def test_runtime_type_checking_is_active():
+    """The suite runs with jaxtyping + beartype (pyproject addopts): a float mask where Bool is declared fails."""
+    import jaxtyping
+
+    with pytest.raises(jaxtyping.TypeCheckError):
+        dsg.PaperGate(tau=0.1).scores(torch.ones(2, 3), torch.ones(2, 3, dtype=torch.bool))

@@ -1,0 +1,62 @@
+"""The main job on the embedded default (``dsg-lens demo``) and sweeps on it (``dsg-lens sweep``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from dsg_lens.eval.sweep import SweepResult, run_sweep
+from dsg_lens.models import load_model
+from dsg_lens.pipeline import (
+    PipelineConfig,
+    base_correct_questions,
+    evaluate_questions,
+    load_sae,
+    load_texts,
+    run_pipeline,
+)
+from dsg_lens.stats import collect_latent_stats
+
+
+def run_demo(out_dir: str | Path, cfg: PipelineConfig | None = None, progress: bool = True) -> dict[str, Any]:
+    """Statistics -> selection -> calibration -> guardrail -> forget/retain evaluation -> report + figures."""
+    cfg = cfg or PipelineConfig()
+    model = load_model(cfg.model)
+    sae = load_sae(cfg.sae, device=model.cfg.device)
+    return run_pipeline(model, sae, cfg, out_dir, progress=progress)
+
+
+def sweep_embedded(
+    cfg: PipelineConfig,
+    out_dir: str | Path,
+    *,
+    n_values: Sequence[int],
+    clamp_values: Sequence[float],
+    p_ratio_values: Sequence[float],
+    p_dyn_values: Sequence[float],
+    relative: bool = False,
+    progress: bool = True,
+) -> SweepResult:
+    """A sweep (one statistics pass, one gate scan per p_ratio) on the configured model, SAE and data."""
+    model = load_model(cfg.model)
+    sae = load_sae(cfg.sae, device=model.cfg.device)
+    forget_texts, retain_texts = load_texts(cfg.forget_corpus), load_texts(cfg.retain_corpus)
+    forget = collect_latent_stats(model, sae, forget_texts, batch_size=cfg.batch_size, progress=progress)
+    retain = collect_latent_stats(model, sae, retain_texts, batch_size=cfg.batch_size, progress=progress)
+    forget_q, retain_q = base_correct_questions(model, cfg, progress)
+
+    def evaluate(m) -> dict[str, Any]:
+        return evaluate_questions(m, forget_q, retain_q, cfg.protocol, cfg.batch_size, progress=False)
+
+    result = run_sweep(
+        model, sae, forget, retain, retain_texts, evaluate, n_values=n_values, clamp_values=clamp_values,
+        p_ratio_values=p_ratio_values, p_dyn_values=p_dyn_values, clamp_scale=relative,
+        batch_size=cfg.batch_size, progress=progress,
+    )
+    result.params["config"] = asdict(cfg)
+    result.save(out_dir)
+    return result
+
+

@@ -1,0 +1,182 @@
+"""The end-to-end DSG pipeline behind ``dsg-lens fit / eval / demo``: sources by name -> statistics -> selection ->
+calibration -> guardrail -> forget/retain evaluation -> JSON report.
+
+Source names (strings, so the CLI can pass them):
+- model: ``"smollm2-135m-instruct"`` (embedded, offline) or any TransformerLens hub name;
+- SAE: ``"embedded"``, a local SAELens folder (cfg.json + sae_weights.safetensors) or ``"release:sae_id"``
+  (``SAE.from_pretrained``, needs the network);
+- corpora: ``"embedded:forget"`` / ``"embedded:retain"``, ``"wikitext"``, ``"wmdp-corpora:cyber-forget"``, a local
+  JSONL/parquet/arrow path or a hub id;
+- questions: ``"embedded:forget"`` / ``"embedded:retain"`` / ``"embedded:<wordnet domain>"``, ``"wmdp:bio"``,
+  ``"mmlu:<subject>"``, a local file or a hub id.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from sae_lens import SAE
+from torch import nn
+
+from dsg_lens.data.loaders import (
+    MCQ,
+    load_corpus,
+    load_embedded_benchmark,
+    load_embedded_corpus,
+    load_mcq,
+    load_mmlu,
+    load_wikitext,
+    load_wmdp,
+    load_wmdp_corpus,
+)
+from dsg_lens.eval.gate_stats import gate_firing
+from dsg_lens.eval.mcq import filter_base_correct, score_mcq
+from dsg_lens.guardrail import DynamicSAEGuardrail
+from dsg_lens.models import load_embedded_sae
+from dsg_lens.selection import FeatureSet, select_features
+from dsg_lens.stats import LatentStats, collect_latent_stats
+
+
+def load_sae(spec: str, device: str | torch.device | None = None) -> SAE:
+    """An SAE from ``"embedded"``, a local SAELens folder, or ``"release:sae_id"`` (module docstring)."""
+    if spec == "embedded":
+        return load_embedded_sae(device=device)
+    if Path(spec).is_dir():
+        return SAE.load_from_disk(spec, device=str(device or "cpu"))
+    if ":" not in spec:
+        raise ValueError(f"SAE {spec!r} is neither 'embedded', a local folder, nor 'release:sae_id'")
+    release, sae_id = spec.split(":", 1)
+    return SAE.from_pretrained(release, sae_id, device=str(device or "cpu"))
+
+
+def load_texts(spec: str) -> list[str]:
+    """Corpus texts from a source name (module docstring)."""
+    if spec.startswith("embedded:"):
+        return load_embedded_corpus(spec.split(":", 1)[1])
+    if spec == "wikitext":
+        return load_wikitext(min_chars=51)
+    if spec.startswith("wmdp-corpora:"):
+        return load_wmdp_corpus(spec.split(":", 1)[1], min_chars=51)
+    return load_corpus(spec)
+
+
+def load_questions(spec: str) -> list[MCQ]:
+    """Multiple-choice questions from a source name (module docstring)."""
+    if spec.startswith("embedded:"):
+        return load_embedded_benchmark(spec.split(":", 1)[1])
+    if spec.startswith("wmdp:"):
+        return load_wmdp(spec.split(":", 1)[1])
+    if spec.startswith("mmlu:"):
+        return load_mmlu(spec.split(":", 1)[1])
+    return load_mcq(spec)
+
+
+@dataclass
+class PipelineConfig:
+    """Everything a DSG run depends on (saved into the report)."""
+
+    model: str = "smollm2-135m-instruct"
+    sae: str = "embedded"
+    forget_corpus: str = "embedded:forget"
+    retain_corpus: str = "embedded:retain"
+    forget_questions: str = "embedded:forget"
+    retain_questions: str = "embedded:retain"
+    n: int = 20
+    p_ratio: float = 95.0
+    p_dyn: float = 95.0
+    clamp: float = 500.0
+    clamp_scale: float | None = None
+    protocol: str = "completion"
+    batch_size: int = 8
+    max_questions: int | None = None
+
+
+@dataclass
+class FitResult:
+    guard: DynamicSAEGuardrail
+    forget: LatentStats
+    retain: LatentStats
+    features: FeatureSet
+    seconds: float
+
+
+def fit_guardrail(
+    model: nn.Module, sae: SAE, forget_texts: list[str], retain_texts: list[str], cfg: PipelineConfig,
+    progress: bool = True,
+) -> FitResult:
+    """Statistics on both corpora, selection, and tau calibrated on the retain corpus (timed)."""
+    start = time.perf_counter()
+    forget = collect_latent_stats(model, sae, forget_texts, batch_size=cfg.batch_size, progress=progress)
+    retain = collect_latent_stats(model, sae, retain_texts, batch_size=cfg.batch_size, progress=progress)
+    features = select_features(forget, retain, n=cfg.n, p_ratio=cfg.p_ratio)
+    guard = DynamicSAEGuardrail.fit(
+        model, sae, features, retain_texts, p_dyn=cfg.p_dyn, clamp=cfg.clamp, clamp_scale=cfg.clamp_scale,
+        batch_size=cfg.batch_size, progress=progress,
+    )
+    return FitResult(guard, forget, retain, features, time.perf_counter() - start)
+
+
+def question_texts(questions: list[MCQ], protocol: str) -> list[str]:
+    """What the gate sees of each question before the answer (cloze context, or the question)."""
+    return [q.cloze()[0] if protocol == "completion" else q.question for q in questions]
+
+
+def evaluate_questions(
+    model: nn.Module, forget_q: list[MCQ], retain_q: list[MCQ], protocol: str, batch_size: int, progress: bool
+) -> dict[str, Any]:
+    """Forget and retain accuracy (with 95% CIs) of ``model`` as it is now (guardrail attached or not)."""
+    out: dict[str, Any] = {}
+    for name, questions in (("forget", forget_q), ("retain", retain_q)):
+        result = score_mcq(model, questions, protocol, batch_size=batch_size, progress=progress)
+        out[f"{name}_acc"] = result.accuracy
+        out[f"{name}_ci95"] = list(result.ci95)
+        out[f"{name}_n"] = result.n
+    return out
+
+
+def base_correct_questions(model: nn.Module, cfg: PipelineConfig, progress: bool) -> tuple[list[MCQ], list[MCQ]]:
+    """Forget and retain questions the base model answers correctly (cached on disk), capped at max_questions."""
+    kept = []
+    for spec in (cfg.forget_questions, cfg.retain_questions):
+        questions = filter_base_correct(model, load_questions(spec), cfg.protocol, progress=progress)
+        if not questions:
+            raise ValueError(f"the base model answers none of {spec} correctly: nothing to evaluate")
+        kept.append(questions[: cfg.max_questions] if cfg.max_questions else questions)
+    return kept[0], kept[1]
+
+
+def run_pipeline(model: nn.Module, sae: SAE, cfg: PipelineConfig, out_dir: str | Path, progress: bool = True
+                 ) -> dict[str, Any]:
+    """Fit a guardrail, evaluate base vs DSG, save the guardrail, statistics and ``report.json`` to ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    wall = time.perf_counter()
+    fitted = fit_guardrail(model, sae, load_texts(cfg.forget_corpus), load_texts(cfg.retain_corpus), cfg, progress)
+    fitted.guard.save(out / "guardrail")
+    fitted.forget.save(out / "stats_forget")
+    fitted.retain.save(out / "stats_retain")
+    forget_q, retain_q = base_correct_questions(model, cfg, progress)
+    base = evaluate_questions(model, forget_q, retain_q, cfg.protocol, cfg.batch_size, progress)
+    with fitted.guard.attached(model):
+        guarded = evaluate_questions(model, forget_q, retain_q, cfg.protocol, cfg.batch_size, progress)
+    gate = gate_firing(fitted.guard, model, question_texts(forget_q, cfg.protocol),
+                       question_texts(retain_q, cfg.protocol), batch_size=cfg.batch_size)
+    report = {
+        "config": asdict(cfg),
+        "model": {"name": cfg.model, "dtype": str(model.cfg.dtype), "device": str(model.cfg.device)},
+        "sae": {"hook_name": fitted.guard.hook_name, "d_sae": int(sae.cfg.d_sae)},
+        "features": {"ids": fitted.features.ids, "tau": fitted.guard.gate.tau,
+                     "clamp_values": fitted.guard.clamp_values.tolist(),
+                     "mean_resid_norm": fitted.guard.resid_norm},
+        "base": base,
+        "dsg": guarded,
+        "gate": gate,
+        "timing_s": {"fit": fitted.seconds, "total": time.perf_counter() - wall},
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report

@@ -1,0 +1,65 @@
+"""Pipeline plumbing: source names, fit + evaluation on a planted tiny model, CLI wiring."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import make_model, make_sae, planted_setup, texts
+
+from dsg_lens.cli import build_parser
+from dsg_lens.data.loaders import MCQ
+from dsg_lens.pipeline import (
+    PipelineConfig,
+    evaluate_questions,
+    fit_guardrail,
+    load_questions,
+    load_sae,
+    load_texts,
+    question_texts,
+)
+
+
+def test_source_names_resolve_to_embedded_data():
+    assert len(load_texts("embedded:forget")) > 100
+    food = load_questions("embedded:noun.food")
+    assert food and {q.subject for q in food} == {"noun.food"}
+
+
+def test_load_sae_from_folder_and_bad_spec(tmp_path):
+    sae = make_sae()
+    sae.save_model(str(tmp_path / "sae"))
+    loaded = load_sae(str(tmp_path / "sae"))
+    assert loaded.cfg.d_sae == sae.cfg.d_sae
+    with pytest.raises(ValueError, match="release:sae_id"):
+        load_sae("no-such-thing")
+
+
+def _cloze(i: int, words: list[str], answer: int) -> MCQ:
+    return MCQ(id=f"q{i}", question="?", choices=tuple(words), answer=answer,
+               context="w1 w2 " + " ".join(words), candidates=tuple(f" {w}" for w in words), neutral_context="w1")
+
+
+def test_fit_and_evaluate_on_planted_model(tiny_tokenizer):
+    model = make_model("llama", tiny_tokenizer)
+    sae, _ = planted_setup(model)
+    cfg = PipelineConfig(n=1, p_ratio=90, p_dyn=95, clamp=20.0, batch_size=4)
+    fitted = fit_guardrail(model, sae, texts(30, 10, True), texts(31, 20, False), cfg, progress=False)
+    assert fitted.features.ids == [5] and fitted.seconds > 0
+    forget_q = [_cloze(i, ["cat", "dog", "fox", "w5"], i % 4) for i in range(4)]
+    retain_q = [_cloze(i + 10, ["w1", "w2", "w3", "w4"], i % 4) for i in range(4)]
+    base = evaluate_questions(model, forget_q, retain_q, "completion", 4, progress=False)
+    with fitted.guard.attached(model):
+        guarded = evaluate_questions(model, forget_q, retain_q, "completion", 4, progress=False)
+    assert guarded["retain_acc"] == base["retain_acc"]  # the gate never fires on retain questions
+    assert set(base) == {"forget_acc", "forget_ci95", "forget_n", "retain_acc", "retain_ci95", "retain_n"}
+    assert question_texts(forget_q, "completion")[0] == forget_q[0].context
+
+
+@pytest.mark.parametrize("argv", [
+    ["demo", "--out", "x", "--n", "5", "--clamp-scale", "2.0"],
+    ["fit", "--out", "g", "--sae", "embedded"],
+    ["eval", "--guardrail", "g"],
+    ["sweep", "--n-values", "5", "10", "--relative"],
+])
+def test_cli_parses(argv):
+    args = build_parser().parse_args(argv)
+    assert callable(args.func)
