@@ -368,16 +368,19 @@ def _bench_generation(
             verbose=False, return_type="tokens",
         )
 
-    def guarded(guard: DynamicSAEGuardrail) -> Variant:
+    timers = {"guard_fired": HookTimer(device), "guard_not_fired": HookTimer(device)}
+
+    def guarded(guard: DynamicSAEGuardrail, timer: HookTimer) -> Variant:
         def run() -> Tensor:
-            with guard.attached(model):
+            with attached_specs(model, guard.hook_spec, timer):
                 return generate()
 
         return run
 
-    variants = {"plain": generate, "guard_fired": guarded(fired), "guard_not_fired": guarded(quiet)}
-    times, _ = _rounds(variants, device, repeats, warmup, progress, "bench generation")
-    summary = _summarise(times, {}, "plain", batch * gen_tokens, "generated_tokens")
+    variants = {"plain": generate, **{name: guarded(g, timers[name]) for name, g in (("guard_fired", fired),
+                                                                                    ("guard_not_fired", quiet))}}
+    times, hook_times = _rounds(variants, device, repeats, warmup, progress, "bench generation", timers)
+    summary = _summarise(times, hook_times, "plain", batch * gen_tokens, "generated_tokens")
     for entry in summary.values():
         entry["ms_per_generation_step"] = 1000 * entry["seconds"]["median"] / gen_tokens
     return {"generated_tokens_per_run": batch * gen_tokens, "variants": summary}

@@ -54,7 +54,10 @@ def test_benchmark_is_well_formed(result):
             assert entry["hook_seconds"]["max"] <= entry["seconds"]["max"]
     generation = result["generation"]["variants"]
     assert set(generation) == {"plain", "guard_fired", "guard_not_fired"}
-    _check_spread(generation["guard_fired"]["ratio_to_plain"])
+    for name in ("guard_fired", "guard_not_fired"):
+        _check_spread(generation[name]["ratio_to_plain"])
+        _check_spread(generation[name]["hook_seconds"])
+        assert 0 < generation[name]["hook_share_of_plain"] < generation[name]["ratio_to_plain"]["max"]
     stats = result["stats"]
     _check_spread(stats["speedup_vs_full_forward"])
     assert stats["memory"]["tokens_scaled"] == 3 * stats["memory"]["tokens_1x"] == 3 * 2 * 12
