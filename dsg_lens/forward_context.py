@@ -3,7 +3,7 @@ continues a KV-cached one (one new token during ``generate``) or starts afresh.
 
 :class:`ForwardTracker` watches the model's embedding module (token ids, on every pass, including the
 ``generate`` loops of HookedTransformer and TransformerBridge) and the KV cache (HookedTransformer: the first
-attention block's ``past_kv_cache_entry``; TransformerBridge: the ``past_key_values`` passed to the model).
+block's ``past_kv_cache_entry``; TransformerBridge: the ``past_key_values`` passed to the model).
 Its torch hooks live only inside :meth:`ForwardTracker.installed`.
 """
 
@@ -90,11 +90,12 @@ class ForwardTracker:
                 raise ValueError(f"{type(self.model).__name__} has no `embed` module: cannot track token ids")
             handles.append(embed.register_forward_pre_hook(self._embed_pre_hook, with_kwargs=True))
             blocks = getattr(self.model, "blocks", None)
-            first_attn = getattr(blocks[0], "attn", None) if blocks is not None and len(blocks) else None
+            # the first block, not its attention: hooks at blocks.0.hook_resid_pre run before the attention
+            first_block = blocks[0] if blocks is not None and len(blocks) else None
             if _is_bridge(self.model):
                 handles.append(self.model.register_forward_pre_hook(self._bridge_pre_hook, with_kwargs=True))
-            elif first_attn is not None:
-                handles.append(first_attn.register_forward_pre_hook(self._attn_pre_hook, with_kwargs=True))
+            elif first_block is not None:
+                handles.append(first_block.register_forward_pre_hook(self._attn_pre_hook, with_kwargs=True))
             yield self
         finally:
             for handle in handles:

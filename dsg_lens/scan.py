@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from dsg_lens.sae_view import SelectedLatents, check_sae_fits_model
 from dsg_lens.stats import hook_activations
-from dsg_lens.tokens import TextsOrTokens, iter_batches, to_sequences
+from dsg_lens.tokens import TextsOrTokens, iter_batches, n_batches, to_sequences
 
 
 @dataclass
@@ -62,7 +62,7 @@ def scan_first_rank(
     sequences = to_sequences(model, texts, max_len)
     pieces: dict[int, list[tuple[int, Tensor, Tensor]]] = {}
     norm_sum, n_real = 0.0, 0
-    total = -(-len(sequences) // batch_size)
+    total = n_batches(len(sequences), batch_size)
     ranks = torch.arange(n_ranked, device=model.cfg.device)
     with torch.no_grad():
         for batch in tqdm(iter_batches(model, sequences, batch_size), total=total, desc="gate scan", disable=not progress):

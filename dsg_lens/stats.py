@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from dsg_lens.artifacts import read_json, read_tensors, require, write_json, write_tensors
 from dsg_lens.hooks import resolve_hook_name
 from dsg_lens.sae_view import check_sae_fits_model, hook_layer, sae_fingerprint
-from dsg_lens.tokens import TextsOrTokens, TokenBatch, iter_batches, to_sequences
+from dsg_lens.tokens import TextsOrTokens, TokenBatch, iter_batches, n_batches, to_sequences
 
 STATS_SCHEMA = 1
 CHECKPOINT_SCHEMA = 1
@@ -182,7 +182,7 @@ def collect_latent_stats(
         checkpoint = _Checkpoint(Path(checkpoint_dir), fingerprint)
         partial = checkpoint.restore(partial)
     feature_ids = torch.tensor(feature_list, dtype=torch.long, device=device)
-    total = -(-len(sequences) // batch_size)
+    total = n_batches(len(sequences), batch_size)
     batches = islice(iter_batches(model, sequences, batch_size), partial.batches_done, None)
     with torch.no_grad():
         for batch in tqdm(batches, total=total, initial=partial.batches_done, desc="latent stats", disable=not progress):

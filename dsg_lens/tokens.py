@@ -99,12 +99,18 @@ def _tokenize(model: nn.Module, text: object, i: int) -> Tensor:
     return model.to_tokens(text, truncate=False)[0].cpu()
 
 
+def n_batches(n_sequences: int, batch_size: int) -> int:
+    """How many batches :func:`iter_batches` yields; validates ``batch_size``."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive int")
+    return -(-n_sequences // batch_size)
+
+
 def iter_batches(
     model: nn.Module, sequences: list[tuple[int, Tensor]], batch_size: int
 ) -> Iterator[TokenBatch]:
     """Right-padded batches (sorted by length to limit padding) on the model's device."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n_batches(len(sequences), batch_size)
     device = model.cfg.device
     specials = torch.tensor(special_token_ids(model), dtype=torch.long)
     pad_id = _pad_id(model)
