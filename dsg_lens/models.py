@@ -13,7 +13,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Literal
 
 import torch
 from sae_lens import SAE, HookedSAETransformer
@@ -39,7 +38,6 @@ EMBEDDED_MODEL = "smollm2-135m-instruct"
 KINDS = ("hooked", "sae", "bridge")
 """``hooked``: HookedTransformer; ``sae``: HookedSAETransformer; ``bridge``: TransformerBridge."""
 
-Kind = Literal["hooked", "sae", "bridge"]
 
 EMBEDDED_SAE_DIR = Path(__file__).parent / "assets" / "smollm2-135m-instruct-res-12"
 """SAELens folder (cfg.json + sae_weights.safetensors) of the SAE shipped for the embedded model."""
@@ -155,7 +153,7 @@ def _hooked_from_hf(
 def load_model(
     name: str = EMBEDDED_MODEL,
     *,
-    kind: Kind = "hooked",
+    kind: str = "hooked",
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
