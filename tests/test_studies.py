@@ -179,3 +179,15 @@ def test_zeroshot_finds_the_planted_latent_and_scans_tau(planted):
     assert result["best"] is not None and result["best"]["tau"] in (0.1, 0.95)
     with pytest.raises(ValueError, match="taus"):
         zeroshot_study(model, sae, topic, ["w1"], [], [], taus=(1.5,))
+
+
+def test_cli_parses_compare_and_study_commands():
+    from dsg_lens.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["compare", "--out", "o", "--methods", "base", "rmu", "--rmu-steps", "3"])
+    assert args.methods == ["base", "rmu"] and args.rmu_steps == 3 and args.rmu_layer is None
+    args = parser.parse_args(["study", "attacks", "--out", "o", "--filler-tokens", "0", "64", "--window", "16"])
+    assert args.study == "attacks" and args.filler_tokens == [0, 64] and args.window == 16
+    with pytest.raises(SystemExit):
+        parser.parse_args(["study", "bogus", "--out", "o"])
