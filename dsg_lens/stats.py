@@ -97,7 +97,8 @@ class LatentStats:
         tensors = read_tensors(tensor_path, ("act_sum", "act_sq_sum", "fire_count"), "latent stats")
         n_tokens = require(meta, "n_tokens", int, meta_path)
         rho_features = require(meta, "rho_features", list, meta_path)
-        stats = cls(
+        _check_loaded(tensors, n_tokens, rho_features, tensor_path)
+        return cls(
             act_sum=tensors["act_sum"],
             act_sq_sum=tensors["act_sq_sum"],
             fire_count=tensors["fire_count"],
@@ -108,30 +109,32 @@ class LatentStats:
             rho_features=rho_features,
             tokens_per_text=tensors.get("tokens_per_text"),
         )
-        _check_loaded(stats, tensor_path)
-        return stats
 
 
-def _check_loaded(stats: LatentStats, path: Path) -> None:
-    sums = (stats.act_sum, stats.act_sq_sum, stats.fire_count)
+def _check_loaded(tensors: dict[str, Tensor], n_tokens: int, rho_features: list, path: Path) -> None:
+    """Validate loaded statistics before they become a LatentStats (ValueError naming the problem)."""
+    sums = [tensors[k] for k in ("act_sum", "act_sq_sum", "fire_count")]
     shapes = {tuple(t.shape) for t in sums}
     if len(shapes) != 1 or len(next(iter(shapes))) != 1:
         raise ValueError(f"{path}: act_sum/act_sq_sum/fire_count must be 1-D of equal length, got shapes {shapes}")
-    if stats.n_tokens < 0:
-        raise ValueError(f"{path}: n_tokens={stats.n_tokens} is negative")
-    if not all(torch.isfinite(t).all() for t in sums):
-        raise ValueError(f"{path}: the saved sums contain NaN/inf")
-    if (stats.fire_count < 0).any() or (stats.fire_count > stats.n_tokens).any():
-        raise ValueError(f"{path}: fire_count must lie in [0, n_tokens={stats.n_tokens}]")
-    bad = [i for i in stats.rho_features if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < stats.d_sae]
+    d_sae = sums[0].numel()
+    if n_tokens < 0:
+        raise ValueError(f"{path}: n_tokens={n_tokens} is negative")
+    if not all(t.is_floating_point() and torch.isfinite(t).all() for t in sums):
+        raise ValueError(f"{path}: the saved sums must be finite floats (found NaN/inf or integers)")
+    fire_count = tensors["fire_count"]
+    if (fire_count < 0).any() or (fire_count > n_tokens).any():
+        raise ValueError(f"{path}: fire_count must lie in [0, n_tokens={n_tokens}]")
+    bad = [i for i in rho_features if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < d_sae]
     if bad:
-        raise ValueError(f"{path}: rho_features {bad[:5]} are not latent ids of an SAE with d_sae={stats.d_sae}")
-    if (stats.rho is None) != (stats.tokens_per_text is None):
+        raise ValueError(f"{path}: rho_features {bad[:5]} are not latent ids of an SAE with d_sae={d_sae}")
+    rho, per_text = tensors.get("rho"), tensors.get("tokens_per_text")
+    if (rho is None) != (per_text is None):
         raise ValueError(f"{path}: rho and tokens_per_text must be saved together")
-    if stats.rho is not None:
-        if stats.rho.ndim != 1 or stats.rho.shape != stats.tokens_per_text.shape:
-            raise ValueError(f"{path}: rho {tuple(stats.rho.shape)} and tokens_per_text must be 1-D of equal length")
-        if not torch.isfinite(stats.rho).all() or (stats.rho < 0).any() or (stats.rho > 1).any():
+    if rho is not None:
+        if rho.ndim != 1 or rho.shape != per_text.shape or per_text.is_floating_point():
+            raise ValueError(f"{path}: rho and integer tokens_per_text must be 1-D of equal length")
+        if not rho.is_floating_point() or not torch.isfinite(rho).all() or (rho < 0).any() or (rho > 1).any():
             raise ValueError(f"{path}: rho must be finite fractions in [0, 1]")
 
 
