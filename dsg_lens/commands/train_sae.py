@@ -3,8 +3,9 @@
 The shipped SAE was made with::
 
     python -m dsg_lens.data.build_sae_corpus /tmp/sae_corpus.jsonl
-    dsg-lens train-sae --corpus /tmp/sae_corpus.jsonl --out dsg_lens/assets/smollm2-135m-instruct-res-12 \\
-        --training-tokens 3000000 --train-dtype bfloat16
+    OMP_NUM_THREADS=1 dsg-lens train-sae --corpus /tmp/sae_corpus.jsonl \\
+        --out dsg_lens/assets/smollm2-135m-instruct-res-12 --dtype bfloat16 --training-tokens 1200000 \\
+        --train-batch-size-tokens 2048 --sparsity-coefficient 12 --lr 0.0005 --quality-tokens 6144
 """
 
 from __future__ import annotations
