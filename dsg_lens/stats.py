@@ -188,7 +188,8 @@ def collect_latent_stats(
     total = n_batches(len(sequences), batch_size)
     batches = islice(iter_batches(model, sequences, batch_size), partial.batches_done, None)
     with torch.no_grad():
-        for batch in tqdm(batches, total=total, initial=partial.batches_done, desc="latent stats", disable=not progress):
+        bar = tqdm(batches, total=total, initial=partial.batches_done, desc="latent stats", disable=not progress)
+        for batch in bar:
             resid = hook_activations(model, hook_name, batch.tokens)[batch.real]
             if not torch.isfinite(resid).all():
                 raise ValueError(f"non-finite activations at {hook_name}: check the model weights and dtype")
@@ -207,7 +208,7 @@ def _check_features(features: Sequence[int] | None, d_sae: int) -> list[int]:
     ids = list(features or [])
     bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < d_sae]
     if bad:
-        raise ValueError(f"features {bad[:5]} are not latent ids of an SAE with d_sae={d_sae} (need ints in [0, d_sae))")
+        raise ValueError(f"features {bad[:5]} are not latent ids of an SAE with d_sae={d_sae} (ints in [0, d_sae))")
     if len(set(ids)) != len(ids):
         raise ValueError("features contains duplicate latent ids")
     return [int(i) for i in ids]

@@ -70,7 +70,7 @@ def _check_token_tensor(model: nn.Module, tokens: Tensor) -> Tensor:
     d_vocab = int(model.cfg.d_vocab)
     low, high = int(tokens.min()), int(tokens.max())
     if low < 0 or high >= d_vocab:
-        raise ValueError(f"token ids span [{low}, {high}] but the model's vocabulary is [0, {d_vocab}): wrong tokenizer?")
+        raise ValueError(f"token ids span [{low}, {high}] but the model's vocabulary is [0, {d_vocab}): wrong tokens?")
     return tokens
 
 
