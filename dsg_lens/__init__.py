@@ -1,7 +1,7 @@
 """dsg-lens: Dynamic SAE Guardrails (DSG) for precision unlearning, on TransformerLens + SAELens."""
 
 from dsg_lens.ablation import ablation_study, write_table
-from dsg_lens.gate import Gate, PaperGate, calibrate_tau
+from dsg_lens.gate import Gate, PaperGate, WindowGate, calibrate_tau
 from dsg_lens.guardrail import DynamicSAEGuardrail, GuardrailHandle, full_form_edit
 from dsg_lens.hooks import (
     AttachedHook,
@@ -48,6 +48,7 @@ __all__ = [
     "HookSpec",
     "LatentStats",
     "PaperGate",
+    "WindowGate",
     "attach",
     "attached_hooks",
     "calibrate_tau",

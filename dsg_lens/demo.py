@@ -18,14 +18,18 @@ from dsg_lens.pipeline import (
     run_pipeline,
 )
 from dsg_lens.stats import collect_latent_stats
+from dsg_lens.viz.render import render_figures
 
 
 def run_demo(out_dir: str | Path, cfg: PipelineConfig | None = None, progress: bool = True) -> dict[str, Any]:
-    """Statistics -> selection -> calibration -> guardrail -> forget/retain evaluation -> report + figures."""
+    """Statistics -> selection -> calibration -> guardrail -> forget/retain evaluation -> report + figures
+    (``out_dir/report.json``, ``out_dir/guardrail/``, ``out_dir/figures/``)."""
     cfg = cfg or PipelineConfig()
     model = load_model(cfg.model)
     sae = load_sae(cfg.sae, device=model.cfg.device)
-    return run_pipeline(model, sae, cfg, out_dir, progress=progress)
+    report = run_pipeline(model, sae, cfg, out_dir, progress=progress)
+    report["figures"] = [str(p) for p in render_figures(out_dir, Path(out_dir) / "figures")]
+    return report
 
 
 def sweep_embedded(
