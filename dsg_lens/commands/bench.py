@@ -34,6 +34,10 @@ def _bench(args: argparse.Namespace) -> None:
     from dsg_lens.bench import default_guard, format_report, run_benchmark
     from dsg_lens.guardrail import DynamicSAEGuardrail
 
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     model, sae = _load(args)
     guard = DynamicSAEGuardrail.load(args.guard, sae=sae) if args.guard else default_guard(sae, args.n_latents)
     result = run_benchmark(
@@ -71,5 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--gen-prompt-len", type=int, default=32, help="prompt tokens for generation (default: 32)")
     parser.add_argument("--stats-batches", type=int, default=2, help="batches for statistics, 0 skips (default: 2)")
     parser.add_argument("--memory-scale", type=int, default=10, help="x more tokens for the memory check (default: 10)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's; 1 avoids thread stalls on a busy machine)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=_bench)
