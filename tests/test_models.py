@@ -43,7 +43,6 @@ def test_logits_match_hf(kind, hf_and_tokens, hf_logits):
     assert (logits - hf_logits).abs().max().item() <= TOLERANCE
 
 
-@pytest.mark.slow  # took minutes on the shared 2-core CPU
 def test_greedy_generation_matches_hf(hf_and_tokens):
     hf_model, tokens = hf_and_tokens
     model = load_model(device="cpu")
