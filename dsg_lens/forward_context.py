@@ -31,9 +31,32 @@ def special_token_ids(model: nn.Module) -> list[int]:
     return sorted(ids)
 
 
+def pad_token_id(model: nn.Module) -> int:
+    """The tokenizer's pad id (else its first special id, else 0)."""
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is not None and tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    specials = special_token_ids(model)
+    return specials[0] if specials else 0
+
+
 def real_token_mask(tokens: Int[Tensor, "batch pos"], special_ids: Tensor) -> Bool[Tensor, "batch pos"]:
     """True where ``tokens`` is not a special token (BOS/EOS/PAD/...)."""
     return ~torch.isin(tokens, special_ids.to(tokens.device))
+
+
+def skips_first_token(model: nn.Module) -> bool:
+    """True for models that do not prepend BOS: their first token is the attention sink that BOS is elsewhere
+    (residual norm ~100x the rest on SmolLM2), so, like BOS, it never counts for statistics or the gate."""
+    return not getattr(model.cfg, "default_prepend_bos", True)
+
+
+def first_token_mask(tokens: Int[Tensor, "batch pos"], pad_id: int) -> Bool[Tensor, "batch pos"]:
+    """True at each row's first non-pad position (position 0 when right-padded; after the pads when left-padded)."""
+    present = tokens != pad_id
+    first = present.int().argmax(-1, keepdim=True)
+    positions = torch.arange(tokens.shape[1], device=tokens.device)[None, :]
+    return (positions == first) & present
 
 
 def _cache_length(cache: Any) -> int:

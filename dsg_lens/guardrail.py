@@ -25,7 +25,14 @@ from sae_lens import SAE
 from torch import Tensor, nn
 
 from dsg_lens.artifacts import read_json, read_tensors, require, write_json, write_tensors
-from dsg_lens.forward_context import ForwardTracker, real_token_mask, special_token_ids
+from dsg_lens.forward_context import (
+    ForwardTracker,
+    first_token_mask,
+    pad_token_id,
+    real_token_mask,
+    skips_first_token,
+    special_token_ids,
+)
 from dsg_lens.gate import Gate, PaperGate, calibrate_tau, gate_from_dict
 from dsg_lens.hooks import HookHandle, HookSpec, attach, hooks
 from dsg_lens.sae_view import SelectedLatents, check_sae_fits_model, sae_architecture, sae_fingerprint, sae_hook_name
@@ -142,6 +149,7 @@ class DynamicSAEGuardrail:
             )
         clamp_values = -self.clamp_values.to(device=device, dtype=view.sae_dtype)
         specials = torch.tensor(special_token_ids(model), dtype=torch.long, device=device)
+        skip_first, pad_id = skips_first_token(model), pad_token_id(model)
         gate = self.gate
         state: dict[str, Any] = {"gate": None}
 
@@ -151,6 +159,8 @@ class DynamicSAEGuardrail:
                 real = torch.ones(resid.shape[:2], dtype=torch.bool, device=resid.device)
             else:
                 real = real_token_mask(tokens, specials)
+                if skip_first and not tracker.continuation:
+                    real = real & ~first_token_mask(tokens, pad_id)
             acts = view.encode(resid)
             fired = (acts > 0).any(-1) & real
             gate_state = state["gate"]

@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor, nn
 
-from dsg_lens.forward_context import real_token_mask, special_token_ids
+from dsg_lens.forward_context import pad_token_id, real_token_mask, skips_first_token, special_token_ids
 
 TextsOrTokens = Sequence[str] | Int[Tensor, "n pos"]
 
@@ -29,14 +29,6 @@ class TokenBatch:
     real: Bool[Tensor, "batch pos"]
     text_index: Int[Tensor, " batch"]
     seq_index: list[int]
-
-
-def _pad_id(model: nn.Module) -> int:
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is not None and tokenizer.pad_token_id is not None:
-        return int(tokenizer.pad_token_id)
-    specials = special_token_ids(model)
-    return specials[0] if specials else 0
 
 
 def to_sequences(model: nn.Module, texts: TextsOrTokens, max_len: int | None = None) -> list[tuple[int, Tensor]]:
@@ -113,7 +105,7 @@ def iter_batches(
     n_batches(len(sequences), batch_size)
     device = model.cfg.device
     specials = torch.tensor(special_token_ids(model), dtype=torch.long)
-    pad_id = _pad_id(model)
+    pad_id = pad_token_id(model)
     order = sorted(range(len(sequences)), key=lambda k: -sequences[k][1].numel())
     for start in range(0, len(order), batch_size):
         keys = order[start : start + batch_size]
@@ -125,6 +117,8 @@ def iter_batches(
             tokens[row, : seq.numel()] = seq
             present[row, : seq.numel()] = True
         real = present & real_token_mask(tokens, specials)
+        if skips_first_token(model):
+            real[:, 0] = False  # right-padded: position 0 is each row's first token (the attention sink)
         index = torch.tensor([i for i, _ in chosen], dtype=torch.long)
         yield TokenBatch(tokens.to(device), real.to(device), index, keys)
 

@@ -368,3 +368,25 @@ def test_runtime_type_checking_is_active():
 
     with pytest.raises(jaxtyping.TypeCheckError):
         dsg.PaperGate(tau=0.1).scores(torch.ones(2, 3), torch.ones(2, 3, dtype=torch.bool))
+
+
+def test_first_token_is_not_counted_without_bos(tiny_tokenizer):
+    """Models that do not prepend BOS (SmolLM2) have their attention sink at the first token: never counted,
+    neither by statistics nor by the gate in the hook."""
+    from dsg_lens.forward_context import first_token_mask
+
+    model = make_model("llama", tiny_tokenizer)
+    model.cfg.default_prepend_bos = False
+    batch = next(iter_batches(model, to_sequences(model, ["w1 w2 w3", "w4 w5"]), batch_size=2))
+    assert batch.real.sum().item() == 2 + 1 and not batch.real[:, 0].any()
+    pad = model.tokenizer.pad_token_id
+    left_padded = torch.tensor([[pad, pad, 7, 8], [9, 10, 11, 12]])
+    assert first_token_mask(left_padded, pad).tolist() == [[False, False, True, False], [True, False, False, False]]
+    sae, _ = planted_setup(model)
+    guard = dsg.DynamicSAEGuardrail.fit(model, sae, [5], texts(11, 12, False), p_dyn=95, clamp=20.0, progress=False)
+    torch.testing.assert_close(guard.gate_scores(model, ["cat w1 w2 w3", "w1 cat w2 w3"]), torch.tensor([0.0, 1 / 3]))
+    first, second = model.to_tokens("cat w1 w2 w3"), model.to_tokens("w1 cat w2 w3")
+    base_first, base_second = model(first), model(second)
+    with guard.attached(model):
+        assert torch.equal(model(first), base_first)  # the forget word sits on the sink: the gate stays off
+        assert not torch.equal(model(second), base_second)
