@@ -63,3 +63,14 @@ def test_fit_and_evaluate_on_planted_model(tiny_tokenizer):
 def test_cli_parses(argv):
     args = build_parser().parse_args(argv)
     assert callable(args.func)
+
+
+def test_shipped_base_correct_ids_match_the_embedded_model(tmp_path, monkeypatch):
+    """The kept ids shipped for the embedded model are found for a freshly loaded model (no scoring needed)."""
+    import dsg_lens.eval.mcq as mcq
+    from dsg_lens.models import load_model
+
+    model = load_model()
+    monkeypatch.setattr(mcq, "score_mcq", lambda *a, **k: pytest.fail("scored instead of using the shipped ids"))
+    kept = mcq.base_correct_ids(model, load_questions("embedded:forget"), cache_dir=tmp_path, progress=False)
+    assert 300 <= len(kept) <= 700

@@ -30,7 +30,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dsg_lens.data.loaders import MCQ, fingerprint
+from dsg_lens.data.loaders import EMBEDDED_DIR, MCQ, fingerprint
 from dsg_lens.eval.batching import padded_logits
 from dsg_lens.models import cache_root
 from dsg_lens.tokens import iter_batches
@@ -277,11 +277,13 @@ def _weights_signature(model: nn.Module) -> str:
     return digest.hexdigest()[:12]
 
 
-def _cache_file(model: nn.Module, questions: Sequence[MCQ], key: str, cache_dir: str | os.PathLike[str] | None
-                ) -> Path:
+SHIPPED_CACHE = EMBEDDED_DIR / "base_correct"
+"""Kept ids shipped with the package (computed once for the embedded model; used when the key matches exactly)."""
+
+
+def _cache_file(model: nn.Module, questions: Sequence[MCQ], key: str, root: Path) -> Path:
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(model.cfg.model_name))
-    return cache_root(cache_dir) / "base_correct" / f"{name}-{_weights_signature(model)}" / (
-        f"{key}-{fingerprint(questions)[:16]}.json")
+    return root / f"{name}-{_weights_signature(model)}" / f"{key}-{fingerprint(questions)[:16]}.json"
 
 
 def base_correct_ids(
@@ -302,7 +304,7 @@ def base_correct_ids(
     ``margin``. Completion: the answer's score beats every other by more than ``margin`` (order plays no role).
     ``margin=None`` takes :data:`DEFAULT_MARGIN`. The ids are cached as JSON under ``cache_dir`` (default
     ``$DSG_LENS_CACHE`` or ``~/.cache/dsg_lens``) per model (name + weight signature), data set fingerprint and
-    protocol settings.
+    protocol settings; ids shipped for the embedded model (:data:`SHIPPED_CACHE`) are used when the key matches.
     """
     if _has_hooks(model):
         raise ValueError("base-correct filtering must run on the base model, but hooks are attached: run it "
@@ -312,9 +314,11 @@ def base_correct_ids(
     margin = DEFAULT_MARGIN[protocol] if margin is None else margin
     variant = f"completion-{completion_score}" if protocol == "completion" else protocol
     key = f"{variant}-m{margin:g}-{str(model.cfg.dtype).removeprefix('torch.')}"
-    path = _cache_file(model, questions, key, cache_dir)
-    if use_cache and path.is_file():
-        return json.loads(path.read_text())["kept_ids"]
+    path = _cache_file(model, questions, key, cache_root(cache_dir) / "base_correct")
+    shipped = _cache_file(model, questions, key, SHIPPED_CACHE)
+    for cached in (path, shipped) if use_cache else ():
+        if cached.is_file():
+            return json.loads(cached.read_text())["kept_ids"]
     if protocol == "completion":
         expanded = list(questions)
     else:
