@@ -9,6 +9,9 @@ from pathlib import Path
 
 from dsg_lens.pipeline import PipelineConfig
 
+DEMO_MAX_QUESTIONS = 300
+"""The demo evaluates the first 300 base-correct questions of each side (keeps it under 15 min on 2 CPU cores)."""
+
 
 _TYPES = {"int": int, "float": float, "str": str}
 
@@ -83,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser("demo", help="whole pipeline offline on the embedded default: report + figures")
     _add_config_args(demo)
     demo.add_argument("--out", default="dsg_out")
-    demo.set_defaults(func=_demo)
+    demo.set_defaults(func=_demo, max_questions=DEMO_MAX_QUESTIONS)
 
     fit = subparsers.add_parser("fit", help="statistics, selection and calibration; writes a guardrail folder")
     _add_config_args(fit)
