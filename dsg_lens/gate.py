@@ -34,6 +34,12 @@ class Gate(Protocol):
         """Score of whole sequences (what ``tau`` is compared to)."""
         ...
 
+    def calibration_scores(
+        self, fired: Bool[Tensor, "batch pos"], real: Bool[Tensor, "batch pos"]
+    ) -> Float[Tensor, " n"]:
+        """The scores tau is the p_dyn percentile of (``scores`` for the paper gate)."""
+        ...
+
     def new_state(self, batch: int, device: torch.device) -> GateState: ...
 
     def update(
@@ -56,6 +62,11 @@ class PaperGate:
 
     def scores(self, fired: Bool[Tensor, "batch pos"], real: Bool[Tensor, "batch pos"]) -> Float[Tensor, " batch"]:
         return (fired & real).sum(-1) / real.sum(-1).clamp(min=1)
+
+    def calibration_scores(
+        self, fired: Bool[Tensor, "batch pos"], real: Bool[Tensor, "batch pos"]
+    ) -> Float[Tensor, " n"]:
+        return self.scores(fired, real)
 
     def new_state(self, batch: int, device: torch.device) -> GateState:
         zeros = torch.zeros(batch, device=device)
@@ -97,6 +108,16 @@ class WindowGate:
     def scores(self, fired: Bool[Tensor, "batch pos"], real: Bool[Tensor, "batch pos"]) -> Float[Tensor, " batch"]:
         return _max_window_fraction(fired, real, real.sum(-1).clamp(max=self.window))
 
+    def calibration_scores(
+        self, fired: Bool[Tensor, "batch pos"], real: Bool[Tensor, "batch pos"]
+    ) -> Float[Tensor, " n"]:
+        """Every window of ``window`` real tokens of every retain text (rho of texts shorter than the window):
+        the max over a long text's windows would set tau far above what a short forget question reaches, so
+        tau bounds the false-positive rate per window, not per long text."""
+        width = real.sum(-1).clamp(max=self.window)
+        fractions, valid = _window_fractions(fired, real, width)
+        return fractions[valid]
+
     def new_state(self, batch: int, device: torch.device) -> GateState:
         history = torch.zeros(batch, self.window - 1, dtype=torch.bool, device=device)
         return {
@@ -137,14 +158,23 @@ def _max_window_fraction(
 ) -> Float[Tensor, " batch"]:
     """Per row, the largest fired count over ``width`` consecutive real tokens, divided by ``width`` (0 if the
     row has fewer than ``width`` real tokens or ``width`` is 0)."""
+    fractions, _ = _window_fractions(fired, real, width)
+    return fractions.amax(-1)
+
+
+def _window_fractions(
+    fired: Bool[Tensor, "batch pos"], real: Bool[Tensor, "batch pos"], width: Int[Tensor, " batch"]
+) -> tuple[Float[Tensor, "batch ends"], Bool[Tensor, "batch ends"]]:
+    """Fired fraction of every window of ``width`` consecutive real tokens (indexed by its end) and which of
+    those windows exist (0 where not)."""
     flags = _compact(fired, real, right=False).float()
     counts = torch.nn.functional.pad(flags.cumsum(-1), (1, 0))  # counts[:, e] = fired among the first e
     ends = torch.arange(counts.shape[-1], device=counts.device).expand_as(counts)
     starts = ends - width[:, None]
     n_real = real.sum(-1, keepdim=True)
-    valid = (starts >= 0) & (ends <= n_real)
+    valid = (starts >= 0) & (ends <= n_real) & (width[:, None] > 0)
     windowed = (counts - counts.gather(-1, starts.clamp(min=0))).masked_fill(~valid, 0.0)
-    return windowed.amax(-1) / width.clamp(min=1)
+    return windowed / width.clamp(min=1)[:, None], valid
 
 
 GATES: dict[str, type] = {"paper": PaperGate, "window": WindowGate}

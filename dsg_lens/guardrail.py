@@ -37,7 +37,7 @@ from dsg_lens.gate import Gate, PaperGate, calibrate_tau, gate_from_dict
 from dsg_lens.hooks import HookHandle, HookSpec, attach, hooks
 from dsg_lens.sae_view import SelectedLatents, check_sae_fits_model, sae_architecture, sae_fingerprint, sae_hook_name
 from dsg_lens.selection import FeatureSet, as_latent_ids
-from dsg_lens.scan import gate_scores_from_scan, scan_first_rank
+from dsg_lens.scan import RankScan, gate_scores_from_scan, scan_first_rank
 from dsg_lens.tokens import TextsOrTokens
 
 GUARDRAIL_SCHEMA = 1
@@ -106,31 +106,31 @@ class DynamicSAEGuardrail:
         max_len: int | None = None,
         progress: bool = True,
     ) -> DynamicSAEGuardrail:
-        """Calibrate tau as the ``p_dyn`` percentile of gate scores on ``retain_texts`` and build the guardrail."""
+        """Calibrate tau as the ``p_dyn`` percentile of the gate's calibration scores on ``retain_texts`` (rho per
+        text for the paper gate) and build the guardrail."""
         if not 0 <= p_dyn <= 100:
             raise ValueError(f"p_dyn={p_dyn} is outside 0-100 (it is a percentile)")
         probe = cls(sae, features, gate or PaperGate(), clamp=clamp)
-        scores, resid_norm = probe.gate_scores(
-            model, retain_texts, batch_size=batch_size, max_len=max_len, progress=progress, with_norm=True
-        )
+        scan = probe._scan(model, retain_texts, batch_size=batch_size, max_len=max_len, progress=progress)
+        scores = gate_scores_from_scan(scan, probe.gate, len(probe.latent_ids), calibration=True)
         tuned = probe.gate.with_tau(calibrate_tau(scores, p_dyn))
         guard = cls(
-            sae, features, tuned, clamp=clamp, clamp_scale=clamp_scale, resid_norm=resid_norm, hook_name=probe.hook_name
+            sae, features, tuned, clamp=clamp, clamp_scale=clamp_scale, resid_norm=scan.mean_resid_norm,
+            hook_name=probe.hook_name,
         )
         guard.p_dyn = p_dyn
         return guard
 
+    def _scan(self, model: nn.Module, texts: TextsOrTokens, **kwargs: Any) -> RankScan:
+        return scan_first_rank(model, self.sae, self.latent_ids, texts, hook_name=self.hook_name, **kwargs)
+
     def gate_scores(
         self, model: nn.Module, texts: TextsOrTokens, *, batch_size: int = 8, max_len: int | None = None,
-        progress: bool = False, with_norm: bool = False,
-    ) -> Float[Tensor, " n_texts"] | tuple[Float[Tensor, " n_texts"], float]:
-        """The gate's score per text (rho for the paper gate); with ``with_norm`` also the mean residual norm."""
-        scan = scan_first_rank(
-            model, self.sae, self.latent_ids, texts, hook_name=self.hook_name, batch_size=batch_size,
-            max_len=max_len, progress=progress,
-        )
-        scores = gate_scores_from_scan(scan, self.gate, len(self.latent_ids))
-        return (scores, scan.mean_resid_norm) if with_norm else scores
+        progress: bool = False,
+    ) -> Float[Tensor, " n_texts"]:
+        """The gate's score per text (rho for the paper gate)."""
+        scan = self._scan(model, texts, batch_size=batch_size, max_len=max_len, progress=progress)
+        return gate_scores_from_scan(scan, self.gate, len(self.latent_ids))
 
     def is_forget(self, model: nn.Module, texts: TextsOrTokens, **kwargs: Any) -> Bool[Tensor, " n_texts"]:
         """Whether the gate classifies each text as forget-relevant (score > tau)."""

@@ -88,7 +88,8 @@ def scan_first_rank(
     return RankScan(first_rank, real, n_ranked, norm_sum / n_real)
 
 
-def gate_scores_from_scan(scan: RankScan, gate, n: int) -> Float[Tensor, " texts"]:
-    """The gate's score per text when the top ``n`` ranked latents are selected."""
+def gate_scores_from_scan(scan: RankScan, gate, n: int, *, calibration: bool = False) -> Float[Tensor, " texts"]:
+    """The gate's score per text when the top ``n`` ranked latents are selected (``calibration=True``: the
+    scores tau is calibrated on, see ``Gate.calibration_scores``)."""
     fired, real = scan.padded(n)
-    return gate.scores(fired, real).float()
+    return (gate.calibration_scores if calibration else gate.scores)(fired, real).float()

@@ -95,3 +95,15 @@ def test_window_gate_resists_dilution_where_paper_gate_fails(planted, tmp_path):
     robust.save(tmp_path / "g")
     loaded = dsg.DynamicSAEGuardrail.load(tmp_path / "g", sae=sae)
     assert loaded.gate == robust.gate
+
+
+def test_window_gate_is_calibrated_per_window_not_per_long_text():
+    """tau of the window gate comes from every window of the retain texts, not each text's maximum window:
+    on long retain texts the maximum is biased upward and a short forget question could never exceed it."""
+    gate = WindowGate(window=2)
+    fired = torch.tensor([[True, False, False, False, True, True], [False, True, False, False, False, False]])
+    real = torch.ones_like(fired)
+    # windows of row 0: .5 0 0 .5 1 ; row 1: .5 .5 0 0 0
+    assert sorted(gate.calibration_scores(fired, real).tolist()) == [0, 0, 0, 0, 0, .5, .5, .5, .5, 1]
+    assert gate.scores(fired, real).tolist() == [1.0, 0.5]
+    assert PaperGate().calibration_scores(fired, real).tolist() == PaperGate().scores(fired, real).tolist()
