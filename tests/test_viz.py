@@ -262,3 +262,29 @@ def test_one_colour_per_name():
     assert color("Farrell") == color("static") != color("dsg")
     assert color("forget") != color("retain")
     assert color("some new method") == color("Some New Method")
+
+
+def test_study_results_are_drawn_through_adapters(tmp_path):
+    """relearn.json / sequential.json / attacks.json / compare.json (the studies' own schemas) become figures."""
+    import json
+
+    from dsg_lens.viz.render import render_figures
+
+    results = tmp_path / "results"
+    for name, data in {
+        "relearn": {"curve": [{"step": s, "base_forget_acc": 1.0, "dsg_forget_acc": 0.3 + 0.1 * s,
+                               "rmu_forget_acc": 0.5 + 0.1 * s} for s in range(3)], "params": {}},
+        "sequential": {"topics": ["a", "b"], "steps": [
+            {"step": 0, "added": None, "retain_acc": 1.0, "forget_acc": {"a": 1.0, "b": 1.0}},
+            {"step": 1, "added": "a", "retain_acc": 0.99, "forget_acc": {"a": 0.3, "b": 1.0}}], "params": {}},
+        "attacks": {"attacks": {"dilution": [
+            {"strength": k, "base_acc": 1.0, "guards": {"paper": {"forget_acc": 0.3 + k / 200, "firing_rate": 0.5},
+                                                         "window": {"forget_acc": 0.3, "firing_rate": 0.5}}}
+            for k in (0, 64, 128)]}},
+        "compare": {"order": ["base", "dsg_paper"], "methods": {
+            "base": {"forget_acc": 1.0, "retain_acc": 1.0}, "dsg_paper": {"forget_acc": 0.35, "retain_acc": 0.98}}},
+    }.items():
+        (results / name).mkdir(parents=True)
+        (results / name / f"{name}.json").write_text(json.dumps(data))
+    written = {p.name for p in render_figures(results, tmp_path / "figures")}
+    assert {"relearning.png", "sequential.png", "dilution.png", "pareto.png"} <= written

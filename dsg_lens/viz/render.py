@@ -30,6 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from dsg_lens.viz.adapters import comparison_sweeps, dilution_curves, relearn_curves, sequential_curves
 from dsg_lens.viz.figures import (
     ablation_bars,
     clamp_sweep,
@@ -68,11 +69,14 @@ def _jobs_for(data: dict[str, Any], rel: Path, sweeps: dict[str, dict[str, Any]]
     gate = data.get("gate")
     if isinstance(gate, dict) and "scores_forget" in gate:
         jobs.append(("rho_hist", label, partial(rho_histogram, gate)))
+    sweeps.update(comparison_sweeps(data) or {})
     if _is_sweep(data):
         name = _sweep_name(data, rel)
         sweeps[name] = data
         if len({r.get("clamp") for r in data["rows"]} - {None}) > 1:
             jobs.append(("clamp_sweep", _slug(Path(name)), partial(clamp_sweep, data)))
+    for adapt in (relearn_curves, sequential_curves, dilution_curves):
+        data = adapt(data) or data
     for x_key, kind in CURVE_KINDS.items():
         if x_key in data and "methods" in data:
             jobs.append((kind, label, partial(curves, data)))
