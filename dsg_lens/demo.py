@@ -59,7 +59,7 @@ def sweep_embedded(
         p_ratio_values=p_ratio_values, p_dyn_values=p_dyn_values, clamp_scale=relative,
         batch_size=cfg.batch_size, progress=progress,
     )
-    result.params["config"] = asdict(cfg)
+    result.params.update(config=asdict(cfg), method="dsg")
     result.save(out_dir)
     return result
 
