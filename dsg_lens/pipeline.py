@@ -93,7 +93,7 @@ class PipelineConfig:
     clamp_scale: float | None = None
     protocol: str = "completion"
     batch_size: int = 8
-    max_questions: int | None = None
+    max_questions: int | None = None  # evaluate the first k base-correct questions per side (None or 0: all)
 
 
 @dataclass
