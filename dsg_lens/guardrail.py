@@ -263,7 +263,10 @@ class DynamicSAEGuardrail:
 
 
 class GuardrailHandle:
-    """A persistently attached guardrail; ``remove()`` takes off its hooks and its token tracking."""
+    """A persistently attached guardrail; ``remove()`` takes off its hooks and its token tracking.
+
+    Footgun: ``model.reset_hooks()`` removes the guardrail's HookPoint hook but not its token-tracking hook on
+    ``model.embed``; call ``remove()`` to take off both."""
 
     def __init__(self, stack: ExitStack, handle: HookHandle):
         self._stack, self._handle = stack, handle

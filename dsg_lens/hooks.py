@@ -86,9 +86,19 @@ def hook_point(model: nn.Module, name: str) -> HookPoint:
     return model.hook_dict[resolve_hook_name(model, name)]
 
 
+def _live(model: nn.Module) -> list[tuple[AttachedHook, HookSpec]]:
+    """The registry of ``model``, without persistent hooks that ``model.reset_hooks()`` has since removed."""
+    live = _REGISTRY.setdefault(model, [])
+    live[:] = [
+        (entry, spec) for entry, spec in live
+        if entry.scoped or any(h.user_hook is spec.fn for h in model.hook_dict[entry.hook_name].fwd_hooks)
+    ]
+    return live
+
+
 def attached_hooks(model: nn.Module) -> list[AttachedHook]:
     """The dsg-lens hooks live on ``model`` now, in attachment order."""
-    return [entry for entry, _ in _REGISTRY.get(model, [])]
+    return [entry for entry, _ in _live(model)]
 
 
 def describe_hooks(model: nn.Module) -> str:
@@ -118,7 +128,7 @@ def _ordered(model: nn.Module, specs: Sequence[HookSpec]) -> list[tuple[str, Hoo
 
 
 def _register(model: nn.Module, resolved: list[tuple[str, HookSpec]], scoped: bool) -> list[tuple]:
-    live = _REGISTRY.setdefault(model, [])
+    live = _live(model)
     owners = {id(spec.owner) for _, spec in live if spec.owner is not None}
     for _, spec in resolved:
         if spec.owner is not None and id(spec.owner) in owners:

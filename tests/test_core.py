@@ -390,3 +390,14 @@ def test_first_token_is_not_counted_without_bos(tiny_tokenizer):
     with guard.attached(model):
         assert torch.equal(model(first), base_first)  # the forget word sits on the sink: the gate stays off
         assert not torch.equal(model(second), base_second)
+
+
+def test_reset_hooks_forgets_persistent_attachments(tiny_gpt2):
+    """After model.reset_hooks() removed a persistent guardrail, it is not listed and can be attached again."""
+    guard = _fitted(tiny_gpt2, make_sae())
+    handle = guard.attach(tiny_gpt2)
+    tiny_gpt2.reset_hooks()
+    assert dsg.attached_hooks(tiny_gpt2) == []
+    handle.remove()
+    with guard.attached(tiny_gpt2):
+        assert len(dsg.attached_hooks(tiny_gpt2)) == 1
