@@ -1,8 +1,8 @@
 """dsg-lens: Dynamic SAE Guardrails (DSG) for precision unlearning, on TransformerLens + SAELens."""
 
 from dsg_lens.ablation import ablation_study, write_table
-from dsg_lens.gate import Gate, PaperGate, WindowGate, calibrate_tau
-from dsg_lens.guardrail import DynamicSAEGuardrail, GuardrailHandle, full_form_edit
+from dsg_lens.gate import DEFAULT_GATE, Gate, PaperGate, PrefixGate, WindowGate, calibrate_tau, make_gate
+from dsg_lens.guardrail import DynamicSAEGuardrail, GuardrailConfig
 from dsg_lens.hooks import (
     AttachedHook,
     HookHandle,
@@ -10,8 +10,9 @@ from dsg_lens.hooks import (
     attach,
     attached_hooks,
     describe_hooks,
-    hooks,
     resolve_hook_name,
+    scoped_hooks,
+    suspended,
 )
 from dsg_lens.interventions import (
     cache_spec,
@@ -23,42 +24,52 @@ from dsg_lens.interventions import (
     steer_latents,
     zero_ablate,
 )
+from dsg_lens.real_tokens import RealTokenRule
+from dsg_lens.sae_adapters import adapter_for, reference_edit
 from dsg_lens.selection import FeatureSet, select_dsg, select_farrell, select_features
 from dsg_lens.stats import LatentStats, collect_latent_stats, hook_activations
 from dsg_lens.tokens import chunk_corpus
+from dsg_lens.tracking import token_tracker
 
 __all__ = [
+    "DEFAULT_GATE",
     "AttachedHook",
-    "ablation_study",
-    "cache_spec",
-    "clamp_latents",
-    "describe_hooks",
-    "latent_intervention",
-    "mean_ablate",
-    "scale_latents",
-    "static_clamp",
-    "steer_latents",
-    "write_table",
-    "zero_ablate",
     "DynamicSAEGuardrail",
     "FeatureSet",
     "Gate",
-    "GuardrailHandle",
+    "GuardrailConfig",
     "HookHandle",
     "HookSpec",
     "LatentStats",
     "PaperGate",
+    "PrefixGate",
+    "RealTokenRule",
     "WindowGate",
+    "ablation_study",
+    "adapter_for",
     "attach",
     "attached_hooks",
+    "cache_spec",
     "calibrate_tau",
     "chunk_corpus",
+    "clamp_latents",
     "collect_latent_stats",
-    "full_form_edit",
+    "describe_hooks",
     "hook_activations",
-    "hooks",
+    "latent_intervention",
+    "make_gate",
+    "mean_ablate",
+    "reference_edit",
     "resolve_hook_name",
+    "scale_latents",
+    "scoped_hooks",
     "select_dsg",
     "select_farrell",
     "select_features",
+    "static_clamp",
+    "steer_latents",
+    "suspended",
+    "token_tracker",
+    "write_table",
+    "zero_ablate",
 ]

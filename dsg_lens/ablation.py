@@ -2,13 +2,14 @@
 
 For every latent in a list, and for all of them together, the latent(s) are ablated (zero or mean, delta form:
 see :mod:`dsg_lens.interventions`) at the SAE's HookPoint and the mean next-token loss on a corpus is measured
-over real target tokens (BOS/EOS/PAD and padding excluded); a ``score(model) -> float`` callable (e.g. an MCQ
+by :func:`dsg_lens.eval.corpus.corpus_loss`'s rule (a prediction counts when its input and target tokens are both
+real: BOS/EOS/PAD and padding excluded); a ``score(model) -> float`` callable (e.g. an MCQ
 accuracy) is evaluated under the same ablation. The result is a plain table, one dict per row, with the columns
 of :data:`COLUMNS`:
 
 - ``ablation``: ``"none"`` (baseline), ``"single"`` or ``"all"``; ``latent``: the latent id (``single`` rows,
   else None); ``latents``: the ablated ids; ``mode``: ``"zero"`` or ``"mean"``;
-- ``loss`` (mean nats per real target token), ``delta_loss`` (loss - baseline loss), ``n_tokens``;
+- ``loss`` (mean nats per counted prediction), ``delta_loss`` (loss - baseline loss), ``n_tokens``;
 - ``accuracy`` and ``delta_accuracy`` (None without ``score``).
 
 :func:`write_table` saves it as ``{stem}.csv`` and ``{stem}.json`` (``{"schema_version", "columns", "rows"}``).
@@ -22,35 +23,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from sae_lens import SAE
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-from transformer_lens.utils import lm_cross_entropy_loss
 
-from dsg_lens.hooks import HookSpec, hooks
+from dsg_lens.eval.corpus import sequences_loss
+from dsg_lens.hooks import HookSpec, scoped_hooks
 from dsg_lens.interventions import mean_ablate, zero_ablate
 from dsg_lens.stats import LatentStats
-from dsg_lens.tokens import TextsOrTokens, TokenBatch, iter_batches, to_sequences
+from dsg_lens.tokens import TextsOrTokens, n_batches, to_sequences
 
 ABLATION_SCHEMA = 1
 COLUMNS = ("ablation", "latent", "latents", "mode", "loss", "delta_loss", "n_tokens", "accuracy", "delta_accuracy")
 Score = Callable[[nn.Module], float]
-
-
-def corpus_loss(model: nn.Module, batches: Sequence[TokenBatch]) -> tuple[float, int]:
-    """Mean next-token cross-entropy over real target tokens of ``batches``, and the number of those tokens."""
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for batch in batches:
-            logits = model(batch.tokens, return_type="logits")
-            per_token = lm_cross_entropy_loss(logits, batch.tokens, per_token=True)  # [batch, pos - 1]
-            target_real = batch.real[:, 1:]
-            total += float(per_token.double()[target_real].sum())
-            count += int(target_real.sum())
-    if count == 0:
-        raise ValueError("no real target tokens in the corpus: every text is special tokens or a single token")
-    return total / count, count
 
 
 def _spec(sae: SAE, ids: list[int], mode: str, means: LatentStats | Tensor | None, hook_name: str | None) -> HookSpec:
@@ -88,7 +73,8 @@ def ablation_study(
         raise ValueError(f"unknown mode {mode!r}: use 'zero' or 'mean'")
     if mode == "mean" and means is None:
         raise ValueError("mode='mean' needs means= (LatentStats from collect_latent_stats, or a [d_sae] tensor)")
-    batches = list(iter_batches(model, to_sequences(model, texts, max_len), batch_size))
+    sequences = to_sequences(model, texts, max_len)  # tokenized once, scored once per row
+    n_batches(len(sequences), batch_size)
     plan: list[tuple[str, int | None, list[int]]] = [("none", None, [])]
     plan += [("single", i, [i]) for i in ids]
     if together and len(ids) > 1:
@@ -96,8 +82,9 @@ def ablation_study(
     rows: list[dict[str, Any]] = []
     for ablation, latent, chosen in tqdm(plan, desc="ablations", disable=not progress):
         specs = [_spec(sae, chosen, mode, means, hook_name)] if chosen else []
-        with hooks(model, *specs):
-            loss, n_tokens = corpus_loss(model, batches)
+        with scoped_hooks(model, *specs):
+            measured = sequences_loss(model, sequences, batch_size=batch_size, progress=False)
+            loss, n_tokens = measured.mean_loss, measured.n_tokens
             accuracy = float(score(model)) if score is not None else None
         rows.append({
             "ablation": ablation, "latent": latent, "latents": chosen, "mode": mode, "loss": loss,

@@ -18,13 +18,14 @@ run) minus the RSS before the run, for ``stats_batches`` and ``memory_scale`` x 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +36,22 @@ from sae_lens.saes.sae import SAEMetadata
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dsg_lens.forward_context import ForwardTracker, real_token_mask, special_token_ids
-from dsg_lens.gate import PaperGate
-from dsg_lens.guardrail import DynamicSAEGuardrail, full_form_edit
-from dsg_lens.hooks import HookSpec, hooks
+from dsg_lens.gate import PaperGate, clamp_positions
+from dsg_lens.guardrail import DynamicSAEGuardrail
+from dsg_lens.hooks import HookSpec, scoped_hooks
 from dsg_lens.interventions import static_clamp
+from dsg_lens.real_tokens import special_token_ids
+from dsg_lens.sae_adapters import reference_edit
 from dsg_lens.sae_view import check_sae_fits_model, sae_architecture
 from dsg_lens.stats import collect_latent_stats
+from dsg_lens.tracking import token_tracker
 
 BENCH_SCHEMA = 1
 TAU_ALWAYS = -1.0  # rho >= 0 > -1: every row trips
 TAU_NEVER = 1.0  # rho <= 1: no row trips
 
 Variant = Callable[[], Any]
-SpecFactory = Callable[[nn.Module, ForwardTracker], HookSpec]
+SpecFactory = Callable[[nn.Module], HookSpec]
 
 
 # --------------------------------------------------------------------------------------------- timing helpers
@@ -136,31 +139,30 @@ def _summarise(
 
 # ------------------------------------------------------------------------------------------- guard variants
 def reference_hook_spec(guard: DynamicSAEGuardrail) -> SpecFactory:
-    """The paper's/SAEBench's formulation of ``guard`` as a hook: full SAE encode, gate, clamp, decode + error.
+    """The paper's/SAEBench's formulation of ``guard`` as a hook: SAELens's full encode, the guardrail's gate on
+    the real tokens of the model's token tracker (the guardrail's own mask), clamp, SAELens's decode + error
+    (:func:`~dsg_lens.sae_adapters.reference_edit`, the fallback adapter's formulation; one encode per pass).
 
-    Each pass is judged alone (no KV-cache state): use it on full forwards.
+    Each pass is judged alone (no KV-cache state): use it on full forwards (a KV-cached continuation raises).
     """
 
-    def factory(model: nn.Module, tracker: ForwardTracker) -> HookSpec:
+    def factory(model: nn.Module) -> HookSpec:
         hook_name = check_sae_fits_model(model, guard.sae, guard.hook_name)
         sae = guard.sae
         ids = torch.tensor(guard.latent_ids, dtype=torch.long, device=sae.W_dec.device)
-        specials = torch.tensor(special_token_ids(model), dtype=torch.long, device=model.cfg.device)
+        clamped = -guard.clamp_values.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype)
+        tracker = token_tracker(model)
 
         def reference_hook(resid: Float[Tensor, "batch pos d"], hook: Any) -> Float[Tensor, "batch pos d"]:
-            tokens = tracker.tokens_for(resid.shape[1])
-            real = (
-                torch.ones(resid.shape[:2], dtype=torch.bool, device=resid.device)
-                if tokens is None
-                else real_token_mask(tokens, specials)
-            )
+            context = tracker.context(resid.shape[1])
+            if context.start != 0:
+                raise RuntimeError("the reference hook judges each pass alone: run full forwards, not KV-cached ones")
             acts = sae.encode(resid)
-            fired = (acts.index_select(-1, ids) > 0).any(-1) & real
-            tripped = guard.gate.update(guard.gate.new_state(resid.shape[0], resid.device), fired, real)
-            mask = fired & tripped[:, None]
-            return full_form_edit(sae, resid, guard.latent_ids, mask, guard.clamp_values, acts=acts)
+            fired = (acts.index_select(-1, ids) > 0).any(-1)
+            mask = clamp_positions(guard.gate, fired, context.real)
+            return reference_edit(sae, resid, guard.latent_ids, mask, clamped, acts=acts)
 
-        return HookSpec(hook_name, reference_hook, label="reference-full-sae")
+        return HookSpec(hook_name, reference_hook, label="reference-full-sae", needs_tokens=True)
 
     return factory
 
@@ -174,13 +176,12 @@ def with_tau(guard: DynamicSAEGuardrail, tau: float) -> DynamicSAEGuardrail:
 
 @contextmanager
 def attached_specs(model: nn.Module, factory: SpecFactory, timer: HookTimer | None = None) -> Iterator[None]:
-    """Attach the spec ``factory(model, tracker)`` builds (its hook timed by ``timer``) with token tracking."""
-    with ExitStack() as stack:
-        tracker = stack.enter_context(ForwardTracker(model).installed())
-        spec = factory(model, tracker)
-        if timer is not None:
-            spec = HookSpec(spec.name, timer.wrap(spec.fn), spec.order, spec.label, spec.owner)
-        stack.enter_context(hooks(model, spec))
+    """Attach the spec ``factory(model)`` builds (its hook timed by ``timer``); token tracking comes with specs
+    that need it."""
+    spec = factory(model)
+    if timer is not None:
+        spec = dataclasses.replace(spec, fn=timer.wrap(spec.fn))
+    with scoped_hooks(model, spec):
         yield
 
 
@@ -321,7 +322,7 @@ def _bench_forward(
         "guard_fired": fired.hook_spec,
         "guard_not_fired": quiet.hook_spec,
         "reference_full_sae": reference_hook_spec(fired),
-        "static_clamp": lambda model, tracker: static_clamp(guard.sae, guard.latent_ids, guard.clamp),
+        "static_clamp": lambda model: static_clamp(guard.sae, guard.latent_ids, guard.clamp),
     }
     timers = {name: HookTimer(device) for name in factories}
     checks = _check_outputs(model, tokens, factories)

@@ -1,21 +1,27 @@
 """DynamicSAEGuardrail: a gate plus a negative clamp of selected SAE latents, attached at the SAE's HookPoint.
 
-At the hook, for activations ``resid`` [batch, pos, d]: ``a`` = activations of the N selected latents (exact sliced
-encode), ``fired`` = real tokens where any of them is > 0; the gate decides per row; in tripped rows, at fired
-tokens, ALL N selected latents are set to -c: ``resid' = resid + (-c - a) @ W_dec[selected]`` (the delta form:
-the SAE's reconstruction error is kept). Everywhere else ``resid`` is returned untouched, so a guardrail whose gate
-does not fire leaves the model's outputs bit-identical.
+At the hook, for activations ``resid`` [batch, pos, d]: ``a`` = activations of the N selected latents (the SAE
+adapter's exact encode), ``fired`` = real tokens where any of them is > 0; the gate decides per position (causal
+gates: from tokens <= t only); at fired tokens where the gate is on, ALL N selected latents are set to -c and the
+SAE adapter writes the change into the residual, the SAE's reconstruction error kept (for plain ReLU/JumpReLU/TopK
+SAEs ``resid + (-c - a) @ W_dec[selected]``; SAELens's own encode/decode for normalised SAEs). Everywhere else
+``resid`` is returned untouched, so where the gate is off the model's outputs are bit-identical.
+
+On a HookedSAETransformer with this SAE attached (``add_sae``), the guardrail edits the selected latents at the
+SAE's ``hook_sae_acts_post``: the SAE's own decode (with or without its error term) does the rest, and the latents
+it reads are those of the model's activation, exactly what statistics and calibration read.
 
 Footguns: ``c`` is in latent units, so a fixed value does not transfer across SAEs/models (use ``clamp_scale``:
-c_j = clamp_scale * mean residual norm / ||W_dec[j]||). During KV-cached generation, tokens before a row trips were
-already processed unclamped; the gate decides on the prompt pass and may switch a row on later, never off.
+c_j = clamp_scale * mean residual norm / ||W_dec[j]||). During KV-cached generation the state of each sequence
+follows the KV cache (:mod:`dsg_lens.tracking`); a cache filled before the guardrail was attached is refused.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,23 +31,48 @@ from sae_lens import SAE
 from torch import Tensor, nn
 
 from dsg_lens.artifacts import read_json, read_tensors, require, write_json, write_tensors
-from dsg_lens.forward_context import (
-    ForwardTracker,
-    first_token_mask,
-    pad_token_id,
-    real_token_mask,
-    skips_first_token,
-    special_token_ids,
-)
-from dsg_lens.gate import Gate, PaperGate, calibrate_tau, gate_from_dict
-from dsg_lens.hooks import HookHandle, HookSpec, attach, hooks
-from dsg_lens.sae_view import SelectedLatents, check_sae_fits_model, sae_architecture, sae_fingerprint, sae_hook_name
+from dsg_lens.gate import DEFAULT_GATE, Gate, calibrate_tau, clamp_positions, gate_from_dict, make_gate
+from dsg_lens.hooks import HookHandle, HookSpec, attach, scoped_hooks
+from dsg_lens.sae_adapters import adapter_for
+from dsg_lens.sae_view import check_sae_fits_model, sae_architecture, sae_fingerprint, sae_hook_name
+from dsg_lens.tracking import PassContext, token_tracker
 from dsg_lens.selection import FeatureSet, as_latent_ids
 from dsg_lens.scan import RankScan, gate_scores_from_scan, scan_first_rank
 from dsg_lens.tokens import TextsOrTokens
 
-GUARDRAIL_SCHEMA = 1
+GUARDRAIL_SCHEMA = 2
 GUARDRAIL_HOOK_ORDER = 0
+
+
+@dataclass(frozen=True)
+class GuardrailConfig:
+    """What ``guardrail.json`` holds (besides the SAE's identity): enough to rebuild the guardrail."""
+
+    hook_name: str
+    latent_ids: list[int]
+    gate: dict[str, Any]
+    clamp: float
+    clamp_scale: float | None = None
+    resid_norm: float | None = None
+    p_dyn: float | None = None
+    label: str = "dsg-guardrail"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: Path) -> GuardrailConfig:
+        missing = [k for k in ("hook_name", "latent_ids", "gate", "clamp") if k not in data]
+        if missing:
+            raise ValueError(f"{path}: missing keys {missing} (not a dsg-lens guardrail, or a damaged one)")
+        ids = data["latent_ids"]
+        if not isinstance(ids, list) or not ids or any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
+            raise ValueError(f"{path}: latent_ids must be a non-empty list of ints, got {ids!r}")
+        require(data, "hook_name", str, path)
+        require(data, "gate", dict, path)
+        require(data, "clamp", (int, float), path)
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class DynamicSAEGuardrail:
@@ -79,14 +110,15 @@ class DynamicSAEGuardrail:
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau):
             raise ValueError(f"gate threshold tau={tau!r} must be a finite number (calibrate it with fit())")
         self.clamp, self.clamp_scale, self.resid_norm = float(clamp), clamp_scale, resid_norm
-        self._view_cpu = SelectedLatents(sae, self.latent_ids)
+        self._adapter_cpu = adapter_for(sae, self.latent_ids)
         self.clamp_values = self._clamp_values()
+        self.p_dyn: float | None = None
 
     def _clamp_values(self) -> Float[Tensor, " n"]:
         """Per-latent clamp magnitude c_j (absolute, or relative to the residual norm)."""
         if self.clamp_scale is None:
             return torch.full((len(self.latent_ids),), self.clamp)
-        row_norms = self._view_cpu.W_dec_selected.float().norm(dim=-1).cpu()
+        row_norms = self._adapter_cpu.decoder_norms()
         return self.clamp_scale * float(self.resid_norm) / row_norms.clamp(min=1e-12)
 
     # ----------------------------------------------------------------------------------------------- fitting
@@ -101,16 +133,20 @@ class DynamicSAEGuardrail:
         p_dyn: float | int = 95.0,
         clamp: float | int = 500.0,
         clamp_scale: float | int | None = None,
-        gate: Gate | None = None,
+        gate: Gate | str | None = None,
         batch_size: int = 8,
         max_len: int | None = None,
         progress: bool = True,
     ) -> DynamicSAEGuardrail:
-        """Calibrate tau as the ``p_dyn`` percentile of the gate's calibration scores on ``retain_texts`` (rho per
-        text for the paper gate) and build the guardrail."""
+        """Calibrate tau as the ``p_dyn`` percentile of the gate's calibration scores on ``retain_texts`` (one
+        score per text: the largest value of the gate's statistic in it) and build the guardrail. ``gate``: a
+        gate object (its tau is replaced) or a kind name; default :data:`~dsg_lens.gate.DEFAULT_GATE`.
+        Calibrate on retain inputs of the shape the guardrail will see (e.g. questions, chat turns): tau bounds
+        the share of such inputs the guardrail edits."""
         if not 0 <= p_dyn <= 100:
             raise ValueError(f"p_dyn={p_dyn} is outside 0-100 (it is a percentile)")
-        probe = cls(sae, features, gate or PaperGate(), clamp=clamp)
+        chosen = make_gate(gate or DEFAULT_GATE) if gate is None or isinstance(gate, str) else gate
+        probe = cls(sae, features, chosen, clamp=clamp)
         scan = probe._scan(model, retain_texts, batch_size=batch_size, max_len=max_len, progress=progress)
         scores = gate_scores_from_scan(scan, probe.gate, len(probe.latent_ids), calibration=True)
         tuned = probe.gate.with_tau(calibrate_tau(scores, p_dyn))
@@ -118,7 +154,7 @@ class DynamicSAEGuardrail:
             sae, features, tuned, clamp=clamp, clamp_scale=clamp_scale, resid_norm=scan.mean_resid_norm,
             hook_name=probe.hook_name,
         )
-        guard.p_dyn = p_dyn
+        guard.p_dyn = float(p_dyn)
         return guard
 
     def _scan(self, model: nn.Module, texts: TextsOrTokens, **kwargs: Any) -> RankScan:
@@ -128,89 +164,71 @@ class DynamicSAEGuardrail:
         self, model: nn.Module, texts: TextsOrTokens, *, batch_size: int = 8, max_len: int | None = None,
         progress: bool = False,
     ) -> Float[Tensor, " n_texts"]:
-        """The gate's score per text (rho for the paper gate)."""
+        """The gate's score per text: > tau iff the gate is on at the text's last token."""
         scan = self._scan(model, texts, batch_size=batch_size, max_len=max_len, progress=progress)
         return gate_scores_from_scan(scan, self.gate, len(self.latent_ids))
 
     def is_forget(self, model: nn.Module, texts: TextsOrTokens, **kwargs: Any) -> Bool[Tensor, " n_texts"]:
-        """Whether the gate classifies each text as forget-relevant (score > tau)."""
+        """Whether the gate is on at the last token of each text (what predicts the next token after it)."""
         return self.gate_scores(model, texts, **kwargs) > self.gate.tau
 
     # ------------------------------------------------------------------------------------------- the hook
-    def hook_spec(self, model: nn.Module, tracker: ForwardTracker) -> HookSpec:
+    def hook_spec(self, model: nn.Module) -> HookSpec:
         """The HookSpec that applies this guardrail on ``model`` (state is per attachment, never shared)."""
         hook_name = check_sae_fits_model(model, self.sae, self.hook_name)
+        latent_point = _attached_sae_latents(model, self.sae, hook_name)
         device = torch.device(model.cfg.device)
-        view = SelectedLatents(self.sae, self.latent_ids, device=device)
-        if view.full_sae is not None and view.full_sae.W_dec.device != device:
-            raise ValueError(
-                f"the {sae_architecture(self.sae)} SAE is on {view.full_sae.W_dec.device} but the model is on {device} "
-                "(this SAE needs its full encode): move it first, sae.to(model.cfg.device)"
-            )
-        clamp_values = -self.clamp_values.to(device=device, dtype=view.sae_dtype)
-        specials = torch.tensor(special_token_ids(model), dtype=torch.long, device=device)
-        skip_first, pad_id = skips_first_token(model), pad_token_id(model)
+        adapter = adapter_for(self.sae, self.latent_ids, device=device)
+        clamp_values = -self.clamp_values.to(device=device, dtype=adapter.sae_dtype)
+        ids = adapter.latent_ids
+        tracker = token_tracker(model)
         gate = self.gate
-        state: dict[str, Any] = {"gate": None}
+        state: dict[str, Tensor | None] = {"fired": None}
+
+        def decide(acts: Float[Tensor, "batch pos n"], n_pos: int) -> Bool[Tensor, "batch pos"]:
+            context = tracker.context(n_pos)
+            fired_now = (acts > 0).any(-1)
+            fired = state["fired"] = _continue(state["fired"], fired_now, context)
+            return clamp_positions(gate, fired, context.real)[:, context.start :]
 
         def guardrail_hook(resid: Float[Tensor, "batch pos d"], hook: Any) -> Float[Tensor, "batch pos d"]:
-            tokens = tracker.tokens_for(resid.shape[1])
-            if tokens is None:
-                real = torch.ones(resid.shape[:2], dtype=torch.bool, device=resid.device)
-            else:
-                real = real_token_mask(tokens, specials)
-                if skip_first and not tracker.continuation:
-                    real = real & ~first_token_mask(tokens, pad_id)
-            acts = view.encode(resid)
-            fired = (acts > 0).any(-1) & real
-            gate_state = state["gate"]
-            if not tracker.continuation or gate_state is None or gate_state["tripped"].shape[0] != resid.shape[0]:
-                gate_state = state["gate"] = gate.new_state(resid.shape[0], resid.device)
-            tripped = gate.update(gate_state, fired, real)
-            clamp_here = (fired & tripped[:, None])[..., None]
-            delta = view.delta(clamp_values.expand_as(acts), acts)
-            exact = torch.promote_types(resid.dtype, delta.dtype)  # never add in the lower precision
-            return torch.where(clamp_here, (resid.to(exact) + delta.to(exact)).to(resid.dtype), resid)
+            acts = adapter.encode(resid)
+            clamp_here = decide(acts, resid.shape[1])
+            return adapter.edit(resid, acts, clamp_values.expand_as(acts), clamp_here)
 
-        return HookSpec(hook_name, guardrail_hook, order=GUARDRAIL_HOOK_ORDER, label=self.label, owner=self)
+        def latent_hook(latents: Float[Tensor, "batch pos d_sae"], hook: Any) -> Float[Tensor, "batch pos d_sae"]:
+            acts = latents.index_select(-1, ids)
+            clamp_here = decide(acts, latents.shape[1])
+            edited = latents.clone()
+            edited[..., ids] = torch.where(clamp_here[..., None], clamp_values.to(acts).expand_as(acts), acts)
+            return edited
+
+        fn, point = (latent_hook, latent_point) if latent_point else (guardrail_hook, hook_name)
+        return HookSpec(point, fn, order=GUARDRAIL_HOOK_ORDER, label=self.label, owner=self, needs_tokens=True)
 
     @contextmanager
     def attached(self, model: nn.Module) -> Iterator[DynamicSAEGuardrail]:
         """Attach for the ``with`` block; everything is removed on exit, exceptions included."""
-        with ExitStack() as stack:
-            tracker = stack.enter_context(ForwardTracker(model).installed())
-            stack.enter_context(hooks(model, self.hook_spec(model, tracker)))
+        with scoped_hooks(model, self.hook_spec(model)):
             yield self
 
-    def attach(self, model: nn.Module) -> GuardrailHandle:
-        """Attach until ``handle.remove()``."""
-        stack = ExitStack()
-        try:
-            tracker = stack.enter_context(ForwardTracker(model).installed())
-            handle = attach(model, self.hook_spec(model, tracker))
-            stack.callback(handle.remove)
-        except BaseException:
-            stack.close()
-            raise
-        return GuardrailHandle(stack, handle)
+    def attach(self, model: nn.Module) -> HookHandle:
+        """Attach until ``handle.remove()`` (or ``model.reset_hooks()``)."""
+        return attach(model, self.hook_spec(model))
 
     # ------------------------------------------------------------------------------------------ persistence
+    def config(self) -> GuardrailConfig:
+        return GuardrailConfig(
+            hook_name=self.hook_name, latent_ids=list(self.latent_ids), gate=self.gate.to_dict(), clamp=self.clamp,
+            clamp_scale=self.clamp_scale, resid_norm=self.resid_norm, p_dyn=self.p_dyn, label=self.label,
+        )
+
     def save(self, path: str | Path) -> None:
         """Write ``guardrail.json`` + ``guardrail.safetensors`` (and the FeatureSet, if any) into folder ``path``."""
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "schema_version": GUARDRAIL_SCHEMA,
-            "hook_name": self.hook_name,
-            "latent_ids": self.latent_ids,
-            "clamp": self.clamp,
-            "clamp_scale": self.clamp_scale,
-            "resid_norm": self.resid_norm,
-            "p_dyn": getattr(self, "p_dyn", None),
-            "gate": self.gate.to_dict(),
-            "label": self.label,
-            "sae": _sae_identity(self.sae, self.latent_ids),
-        }
+        meta = {"schema_version": GUARDRAIL_SCHEMA, **self.config().to_dict(),
+                "sae": _sae_identity(self.sae, self.latent_ids)}
         tensors = {"latent_ids": torch.tensor(self.latent_ids, dtype=torch.long), "clamp_values": self.clamp_values}
         write_tensors(folder / "guardrail.safetensors", tensors)
         write_json(folder / "guardrail.json", meta)
@@ -223,10 +241,8 @@ class DynamicSAEGuardrail:
         folder = Path(path)
         meta_path, tensor_path = folder / "guardrail.json", folder / "guardrail.safetensors"
         meta = read_json(meta_path, GUARDRAIL_SCHEMA, "guardrail")
-        raw_ids = require(meta, "latent_ids", list, meta_path)
-        if not raw_ids or any(isinstance(i, bool) or not isinstance(i, int) for i in raw_ids):
-            raise ValueError(f"{meta_path}: latent_ids must be a non-empty list of ints, got {raw_ids!r}")
-        ids = [int(i) for i in raw_ids]
+        cfg = GuardrailConfig.from_dict(meta, meta_path)
+        ids = [int(i) for i in cfg.latent_ids]
         bad = [i for i in ids if not 0 <= i < sae.cfg.d_sae]
         if bad:
             raise ValueError(
@@ -245,14 +261,12 @@ class DynamicSAEGuardrail:
             if features.ids != ids:
                 raise ValueError(f"{folder}: features.safetensors ids {features.ids[:5]}... differ from guardrail.json")
         guard = cls(
-            sae, features, gate_from_dict(require(meta, "gate", dict, meta_path)),
-            clamp=require(meta, "clamp", (int, float), meta_path), clamp_scale=meta.get("clamp_scale"),
-            resid_norm=meta.get("resid_norm"), hook_name=require(meta, "hook_name", str, meta_path),
-            label=meta.get("label", "dsg-guardrail"),
+            sae, features, gate_from_dict(cfg.gate), clamp=cfg.clamp, clamp_scale=cfg.clamp_scale,
+            resid_norm=cfg.resid_norm, hook_name=cfg.hook_name, label=cfg.label,
         )
         if not torch.allclose(guard.clamp_values, tensors["clamp_values"].float(), rtol=1e-5, atol=0.0):
             raise ValueError(f"{tensor_path}: clamp_values differ from those implied by {meta_path} (tampered?)")
-        guard.p_dyn = meta.get("p_dyn")
+        guard.p_dyn = cfg.p_dyn
         return guard
 
     def __repr__(self) -> str:
@@ -262,21 +276,35 @@ class DynamicSAEGuardrail:
         )
 
 
-class GuardrailHandle:
-    """A persistently attached guardrail; ``remove()`` takes off its hooks and its token tracking.
+def _continue(
+    previous: Bool[Tensor, "rows before"] | None, fired_now: Bool[Tensor, "batch pos"], context: PassContext
+) -> Bool[Tensor, "batch seen"]:
+    """The fired flags of the whole sequence: those of the first ``context.start`` positions (kept from earlier
+    passes: the KV cache holds them) followed by this pass's."""
+    if context.start == 0:
+        return fired_now
+    if previous is None or previous.shape[0] != fired_now.shape[0] or previous.shape[1] < context.start:
+        raise RuntimeError(
+            "this pass continues a KV cache whose positions the guardrail did not process (it was attached, or "
+            "un-suspended, after the cache was filled): attach it before filling the cache"
+        )
+    return torch.cat([previous[:, : context.start], fired_now], dim=1)
 
-    Footgun: ``model.reset_hooks()`` removes the guardrail's HookPoint hook but not its token-tracking hook on
-    ``model.embed``; call ``remove()`` to take off both."""
 
-    def __init__(self, stack: ExitStack, handle: HookHandle):
-        self._stack, self._handle = stack, handle
-
-    def remove(self) -> None:
-        self._stack.close()
-
-    @property
-    def active(self) -> bool:
-        return self._handle.active
+def _attached_sae_latents(model: nn.Module, sae: SAE, hook_name: str) -> str | None:
+    """``{hook_name}.hook_sae_acts_post`` when a HookedSAETransformer has this SAE attached there, else None;
+    raises if another SAE is attached at that hook."""
+    attached = getattr(model, "acts_to_saes", {}).get(hook_name)
+    if attached is None:
+        return None
+    if attached is not sae and _sae_identity(attached, range(int(sae.cfg.d_sae))) != _sae_identity(
+        sae, range(int(sae.cfg.d_sae))
+    ):
+        raise ValueError(
+            f"another SAE is attached at {hook_name} on this HookedSAETransformer: the guardrail's latents are "
+            "those of its own SAE. Attach the guardrail's SAE (model.add_sae(guard.sae)) or remove it first"
+        )
+    return f"{hook_name}.hook_sae_acts_post"
 
 
 def _sae_identity(sae: SAE, latent_ids: Sequence[int]) -> dict[str, Any]:
@@ -287,24 +315,3 @@ def _sae_identity(sae: SAE, latent_ids: Sequence[int]) -> dict[str, Any]:
         "hook_name": sae_hook_name(sae),
         "fingerprint": sae_fingerprint(sae, latent_ids),
     }
-
-
-def full_form_edit(
-    sae: SAE,
-    resid: Float[Tensor, "batch pos d"],
-    latent_ids: Sequence[int],
-    clamp_mask: Bool[Tensor, "batch pos"],
-    clamp_values: Float[Tensor, " n"],
-    acts: Float[Tensor, "batch pos d_sae"] | None = None,
-) -> Float[Tensor, "batch pos d"]:
-    """Reference formulation (paper/SAEBench): full encode, clamp, decode, add the SAE error back.
-
-    ``acts`` is ``sae.encode(resid)`` when the caller has it already (the encode is then not repeated).
-    """
-    acts = sae.encode(resid) if acts is None else acts
-    error = resid.to(acts.dtype) - sae.decode(acts)
-    ids = torch.as_tensor(list(latent_ids), device=acts.device)
-    edited = acts.clone()
-    target = (-clamp_values.to(acts)).expand(*acts.shape[:-1], ids.numel())
-    edited[..., ids] = torch.where(clamp_mask[..., None], target, acts[..., ids])
-    return (sae.decode(edited) + error).to(resid.dtype)

@@ -1,7 +1,7 @@
 """One hook mechanism for everything in dsg-lens that reads or edits activations.
 
 A :class:`HookSpec` names a HookPoint, a TransformerLens hook function, an ``order`` and a ``label``.
-``with hooks(model, *specs):`` attaches specs for a scope (TransformerLens's level-scoped ``model.hooks``
+``with scoped_hooks(model, *specs):`` attaches specs for a scope (TransformerLens's level-scoped ``model.hooks``
 underneath, so it nests and never touches hooks that others added); :func:`attach` attaches them until the
 returned :class:`HookHandle` is removed. :func:`attached_hooks` lists what dsg-lens has attached to a model and
 :func:`describe_hooks` prints it as a table (for notebooks).
@@ -10,6 +10,12 @@ Order: within one call, specs on the same HookPoint run by ascending ``order`` (
 Across calls, TransformerLens's rule holds: hooks run in the order they were attached, so a hook attached in an
 outer scope runs before one attached in an inner scope. An observer (e.g. a cache) given a larger ``order`` than
 an editing hook sees the edited activation.
+
+Token-aware hooks (``HookSpec(needs_tokens=True)``: the guardrail, static clamping) read the token ids and
+real-token mask of the sequence from the model's :class:`~dsg_lens.tracking.TokenTracker`, which this mechanism
+installs with the first such hook and removes with the last (also when ``model.reset_hooks()`` removed them);
+``describe_hooks`` lists it. ``with suspended(model):`` makes every dsg-lens hook on the model a no-op for the
+block (reference passes of an evaluation run the model as if nothing were attached).
 
 Works on ``HookedTransformer``, ``HookedSAETransformer`` (with or without SAEs attached: a name whose HookPoint
 was replaced by an SAE resolves to that SAE's ``hook_sae_output``) and ``TransformerBridge`` (whose aliases
@@ -28,6 +34,8 @@ from typing import Any
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
+from dsg_lens.tracking import TokenTracker, bind_hook_point, token_tracker
+
 HookFn = Callable[..., Any]
 
 
@@ -36,7 +44,7 @@ class HookSpec:
     """A hook to attach: ``fn(activation, hook=HookPoint) -> activation | None`` at HookPoint ``name``.
 
     ``owner`` identifies the object the hook belongs to (a guardrail, say): the same owner cannot be attached
-    twice to one model at the same time.
+    twice to one model at the same time. ``needs_tokens``: the hook reads ``token_tracker(model).context(...)``.
     """
 
     name: str
@@ -44,6 +52,7 @@ class HookSpec:
     order: int = 0
     label: str = ""
     owner: Any = field(default=None, compare=False)
+    needs_tokens: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,9 +65,18 @@ class AttachedHook:
     scoped: bool
 
 
-_REGISTRY: "weakref.WeakKeyDictionary[nn.Module, list[tuple[AttachedHook, HookSpec]]]" = (
-    weakref.WeakKeyDictionary()
-)
+@dataclass(eq=False)
+class _Entry:
+    """One attached spec: what is reported, the function TransformerLens holds, the tracker it uses."""
+
+    info: AttachedHook
+    spec: HookSpec
+    fn: HookFn
+    tracker: TokenTracker | None = None
+
+
+_REGISTRY: "weakref.WeakKeyDictionary[nn.Module, list[_Entry]]" = weakref.WeakKeyDictionary()
+_SUSPENDED: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()
 
 
 def resolve_hook_name(model: nn.Module, name: str, *, read: bool = False) -> str:
@@ -86,27 +104,39 @@ def hook_point(model: nn.Module, name: str) -> HookPoint:
     return model.hook_dict[resolve_hook_name(model, name)]
 
 
-def _live(model: nn.Module) -> list[tuple[AttachedHook, HookSpec]]:
+def _drop(live: list[_Entry], entry: _Entry) -> None:
+    """Forget ``entry`` (once) and release its hold on the token tracker."""
+    if entry in live:
+        live.remove(entry)
+        if entry.tracker is not None:
+            entry.tracker.release()
+            entry.tracker = None
+
+
+def _live(model: nn.Module) -> list[_Entry]:
     """The registry of ``model``, without persistent hooks that ``model.reset_hooks()`` has since removed."""
     live = _REGISTRY.setdefault(model, [])
-    live[:] = [
-        (entry, spec) for entry, spec in live
-        if entry.scoped or any(h.user_hook is spec.fn for h in model.hook_dict[entry.hook_name].fwd_hooks)
-    ]
+    for entry in list(live):
+        if not entry.info.scoped and not any(h.user_hook is entry.fn for h in model.hook_dict[entry.info.hook_name].fwd_hooks):
+            _drop(live, entry)
     return live
 
 
 def attached_hooks(model: nn.Module) -> list[AttachedHook]:
     """The dsg-lens hooks live on ``model`` now, in attachment order."""
-    return [entry for entry, _ in _live(model)]
+    return [entry.info for entry in _live(model)]
 
 
 def describe_hooks(model: nn.Module) -> str:
     """A readable table of the dsg-lens hooks live on ``model`` (label, hook name, order, scoped/persistent), in
-    the order they run on each HookPoint, plus a count of forward hooks on the model that dsg-lens did not add."""
+    the order they run on each HookPoint, the token tracker when one is installed, plus a count of forward hooks
+    on the model that dsg-lens did not add."""
     entries = attached_hooks(model)
     rows = [("label", "hook name", "order", "lifetime")]
     rows += [(e.label or "-", e.hook_name, str(e.order), "scoped" if e.scoped else "persistent") for e in entries]
+    tracker = token_tracker(model)
+    if tracker.installed:
+        rows.append((tracker.label, "embed + first block (torch hooks)", "-", f"while {tracker.users} hook(s) use it"))
     widths = [max(len(row[col]) for row in rows) for col in range(4)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
@@ -119,6 +149,16 @@ def describe_hooks(model: nn.Module) -> str:
     return "\n".join(lines)
 
 
+@contextmanager
+def suspended(model: nn.Module) -> Iterator[None]:
+    """Every dsg-lens hook on ``model`` passes its activation through unchanged for the ``with`` block."""
+    _SUSPENDED[model] = _SUSPENDED.get(model, 0) + 1
+    try:
+        yield
+    finally:
+        _SUSPENDED[model] -= 1
+
+
 def _ordered(model: nn.Module, specs: Sequence[HookSpec]) -> list[tuple[str, HookSpec]]:
     for spec in specs:
         if not isinstance(spec, HookSpec):
@@ -127,34 +167,52 @@ def _ordered(model: nn.Module, specs: Sequence[HookSpec]) -> list[tuple[str, Hoo
     return sorted(resolved, key=lambda pair: pair[1].order)
 
 
-def _register(model: nn.Module, resolved: list[tuple[str, HookSpec]], scoped: bool) -> list[tuple]:
+def _suspendable(model: nn.Module, fn: HookFn) -> HookFn:
+    model_ref = weakref.ref(model)
+
+    def dsg_lens_hook(act: Any, hook: HookPoint) -> Any:
+        if _SUSPENDED.get(model_ref(), 0):
+            return None
+        return fn(act, hook=hook)
+
+    return dsg_lens_hook
+
+
+def _register(model: nn.Module, resolved: list[tuple[str, HookSpec]], scoped: bool) -> list[_Entry]:
     live = _live(model)
-    owners = {id(spec.owner) for _, spec in live if spec.owner is not None}
+    owners = {id(entry.spec.owner) for entry in live if entry.spec.owner is not None}
     for _, spec in resolved:
         if spec.owner is not None and id(spec.owner) in owners:
             raise ValueError(
                 f"{spec.label or type(spec.owner).__name__} is already attached to this model; "
                 "detach it first (leave its `with` block or call handle.remove())."
             )
-    entries = [(AttachedHook(spec.label, name, spec.order, scoped), spec) for name, spec in resolved]
-    live.extend(entries)
+    entries = [_Entry(AttachedHook(spec.label, name, spec.order, scoped), spec, _suspendable(model, spec.fn))
+               for name, spec in resolved]
+    tracker = token_tracker(model)
+    tracker.on_pass = lambda: _live(model)
+    for entry in entries:
+        if entry.spec.needs_tokens:
+            tracker.acquire()
+            entry.tracker = tracker
+            bind_hook_point(model.hook_dict[entry.info.hook_name], tracker)
+        live.append(entry)
     return entries
 
 
-def _unregister(model: nn.Module, entries: list[tuple]) -> None:
+def _unregister(model: nn.Module, entries: list[_Entry]) -> None:
     live = _REGISTRY.get(model, [])
     for entry in entries:
-        if entry in live:
-            live.remove(entry)
+        _drop(live, entry)
 
 
 @contextmanager
-def hooks(model: nn.Module, *specs: HookSpec) -> Iterator[None]:
+def scoped_hooks(model: nn.Module, *specs: HookSpec) -> Iterator[None]:
     """Attach ``specs`` to ``model`` for the ``with`` block; they are removed on exit, even on exceptions."""
     resolved = _ordered(model, specs)
     entries = _register(model, resolved, scoped=True)
     try:
-        with model.hooks(fwd_hooks=[(name, spec.fn) for name, spec in resolved]):
+        with model.hooks(fwd_hooks=[(entry.info.hook_name, entry.fn) for entry in entries]):
             yield
     finally:
         _unregister(model, entries)
@@ -163,7 +221,7 @@ def hooks(model: nn.Module, *specs: HookSpec) -> Iterator[None]:
 class HookHandle:
     """Persistent hooks added by :func:`attach`; ``remove()`` takes off exactly these and nothing else."""
 
-    def __init__(self, model: nn.Module, added: list[tuple[HookPoint, Any]], entries: list[tuple]):
+    def __init__(self, model: nn.Module, added: list[tuple[HookPoint, Any]], entries: list[_Entry]):
         self._model = model
         self._added = added
         self._entries = entries
@@ -195,10 +253,10 @@ def attach(model: nn.Module, *specs: HookSpec) -> HookHandle:
     entries = _register(model, resolved, scoped=False)
     added: list[tuple[HookPoint, Any]] = []
     try:
-        for name, spec in resolved:
-            point = model.hook_dict[name]
-            point.add_hook(spec.fn, dir="fwd")
-            added.append((point, next(h for h in reversed(point.fwd_hooks) if h.user_hook is spec.fn)))
+        for entry in entries:
+            point = model.hook_dict[entry.info.hook_name]
+            point.add_hook(entry.fn, dir="fwd")
+            added.append((point, next(h for h in reversed(point.fwd_hooks) if h.user_hook is entry.fn)))
     except BaseException:
         HookHandle(model, added, entries).remove()
         raise

@@ -1,9 +1,10 @@
 """Latent interventions on an SAE at its HookPoint, as :class:`~dsg_lens.hooks.HookSpec` objects.
 
-Every intervention edits the activations ``a`` of a few selected latents (exact sliced encode, see
-:class:`~dsg_lens.sae_view.SelectedLatents`) into ``a'`` and applies the change in the delta form
-``resid' = resid + (a' - a) @ W_dec[selected]``: the SAE's reconstruction error is kept, so where nothing changes
-the activation is returned bit-identical. Rules (``new`` from ``a``):
+Every intervention edits the activations ``a`` of a few selected latents into ``a'`` through the SAE's adapter
+(:func:`~dsg_lens.sae_adapters.adapter_for`): ``resid' = decode(a') + (resid - decode(a))``, the SAE's
+reconstruction error kept (for plain ReLU/JumpReLU/TopK SAEs the delta form ``resid + (a' - a) @ W_dec[selected]``;
+SAELens's own encode/decode for SAEs with run-time normalisation). Tokens where nothing changes are returned
+bit-identical. Rules (``new`` from ``a``):
 
 - :func:`zero_ablate`: ``a' = 0``; :func:`mean_ablate`: ``a' = mean_j`` (e.g. ``LatentStats.mean_act``);
 - :func:`clamp_latents`: ``a' = value``; :func:`scale_latents`: ``a' = factor * a``; :func:`steer_latents`:
@@ -30,7 +31,9 @@ from sae_lens import SAE
 from torch import Tensor
 
 from dsg_lens.hooks import HookSpec
-from dsg_lens.sae_view import SelectedLatents, sae_hook_name
+from dsg_lens.tracking import real_positions
+from dsg_lens.sae_adapters import SAEAdapter, adapter_for
+from dsg_lens.sae_view import sae_hook_name
 from dsg_lens.stats import LatentStats
 
 EDIT_ORDER = 10
@@ -81,35 +84,40 @@ def latent_intervention(
     *,
     where: Where = None,
     only_where_active: bool = False,
+    real_only: bool = False,
     hook_name: str | None = None,
     label: str = "latent-intervention",
     order: int = EDIT_ORDER,
 ) -> HookSpec:
-    """A HookSpec that sets the selected latents to ``rule(a)`` (``a``: [batch, pos, n]) in the delta form.
+    """A HookSpec that sets the selected latents to ``rule(a)`` (``a``: [batch, pos, n]) through the SAE's adapter.
 
-    The building block of every named intervention in this module; the SAE's weights are copied once per device
-    the hook runs on. Tokens not selected by ``where`` / ``only_where_active`` keep ``a``.
+    The building block of every named intervention in this module; the adapter (the SAE's weights it needs) is
+    built once per device the hook runs on. Tokens not selected by ``where`` / ``only_where_active`` keep ``a``;
+    with ``real_only`` so do the tokens that are not real (BOS/specials/padding, chat scaffolding, the first token
+    of models without BOS: :mod:`dsg_lens.real_tokens`), read from the model's token tracker.
     """
     ids = _latent_ids(latent_ids)
-    first = SelectedLatents(sae, ids)  # validates the ids now, not at the first forward pass
-    views: dict[torch.device, SelectedLatents] = {first.latent_ids.device: first}
+    first = adapter_for(sae, ids)  # validates the ids now, not at the first forward pass
+    adapters: dict[torch.device, SAEAdapter] = {first.latent_ids.device: first}
 
     def intervention_hook(resid: Float[Tensor, "batch pos d"], hook: Any) -> Float[Tensor, "batch pos d"]:
-        view = views.get(resid.device)
-        if view is None:
-            view = views[resid.device] = SelectedLatents(sae, ids, device=resid.device)
-        acts = view.encode(resid)
+        adapter = adapters.get(resid.device)
+        if adapter is None:
+            adapter = adapters[resid.device] = adapter_for(sae, ids, device=resid.device)
+        acts = adapter.encode(resid)
         new = rule(acts).to(acts.dtype)
         apply = torch.ones_like(acts, dtype=torch.bool) if not only_where_active else acts > 0
         mask = _where_mask(where, resid, hook)
         if mask is not None:
             apply = apply & mask[..., None]
+        if real_only:
+            apply = apply & real_positions(resid, hook)[..., None]
         new = torch.where(apply, new, acts)
-        changed = (new != acts).any(-1, keepdim=True)
-        delta = view.delta(new, acts)
-        return torch.where(changed, (resid.to(delta.dtype) + delta).to(resid.dtype), resid)
+        changed = (new != acts).any(-1)
+        return adapter.edit(resid, acts, new, changed)
 
-    return HookSpec(hook_name or sae_hook_name(sae), intervention_hook, order=order, label=label)
+    return HookSpec(hook_name or sae_hook_name(sae), intervention_hook, order=order, label=label,
+                    needs_tokens=real_only)
 
 
 def _describe(kind: str, ids: list[int]) -> str:
@@ -166,11 +174,13 @@ def static_clamp(
     sae: SAE, latent_ids: int | Sequence[int], multiplier: float | int, **kwargs: Any
 ) -> HookSpec:
     """Static SAE clamping (Farrell et al. 2024; SAEBench unlearning): every selected latent is set to
-    ``-multiplier`` wherever it fires (> 0), on every sequence (no gate)."""
+    ``-multiplier`` wherever it fires (> 0) on a real token, on every sequence (no gate). Like SAEBench (which
+    leaves position 0 alone) and like the guardrail, BOS, special tokens, padding and chat scaffolding are never
+    edited."""
     if not math.isfinite(multiplier) or multiplier < 0:
         raise ValueError(f"multiplier={multiplier} must be a finite non-negative number (latents are set to -it)")
     kwargs.setdefault("label", _describe("static-clamp", _latent_ids(latent_ids)))
-    return clamp_latents(sae, latent_ids, -float(multiplier), only_where_active=True, **kwargs)
+    return clamp_latents(sae, latent_ids, -float(multiplier), only_where_active=True, real_only=True, **kwargs)
 
 
 def cache_spec(

@@ -13,6 +13,7 @@ Source names (strings, so the CLI can pass them):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -35,6 +36,8 @@ from dsg_lens.data.loaders import (
     load_wmdp_corpus,
 )
 from dsg_lens.eval.gate_stats import gate_firing
+from dsg_lens.gate import DEFAULT_GATE, Gate, make_gate
+from dsg_lens.eval import mcq
 from dsg_lens.eval.mcq import filter_base_correct, score_mcq
 from dsg_lens.guardrail import DynamicSAEGuardrail
 from dsg_lens.models import load_embedded_sae
@@ -94,6 +97,27 @@ class PipelineConfig:
     protocol: str = "completion"
     batch_size: int = 8
     max_questions: int | None = None  # evaluate the first k base-correct questions per side (None or 0: all)
+    gate: str = DEFAULT_GATE  # "window", "prefix" (causal) or "paper" (the reference code's rule, not causal)
+    window: int = 32  # real tokens in the window gate's window
+    min_tokens: int = 4  # real tokens a causal gate waits for before deciding
+    calibration: str = "questions"  # tau on held-out retain questions in the evaluated shape, or on the "corpus"
+
+    def make_gate(self) -> Gate:
+        """The (uncalibrated) gate these settings name."""
+        if self.gate == "paper":
+            return make_gate("paper")
+        if self.gate == "prefix":
+            return make_gate("prefix", min_tokens=self.min_tokens)
+        return make_gate(self.gate, window=self.window, min_tokens=self.min_tokens)
+
+
+CALIBRATION_SOURCES = ("questions", "corpus")
+
+
+def is_calibration_question(question: MCQ) -> bool:
+    """Whether a retain question belongs to the calibration split (a third of the questions, by a hash of the
+    id): tau is calibrated on it and it is never evaluated."""
+    return int(hashlib.sha256(question.id.encode()).hexdigest(), 16) % 3 == 0
 
 
 @dataclass
@@ -115,15 +139,35 @@ def fit_guardrail(
     retain = collect_latent_stats(model, sae, retain_texts, batch_size=cfg.batch_size, progress=progress)
     features = select_features(forget, retain, n=cfg.n, p_ratio=cfg.p_ratio)
     guard = DynamicSAEGuardrail.fit(
-        model, sae, features, retain_texts, p_dyn=cfg.p_dyn, clamp=cfg.clamp, clamp_scale=cfg.clamp_scale,
-        batch_size=cfg.batch_size, progress=progress,
+        model, sae, features, calibration_texts(model, cfg, retain_texts), p_dyn=cfg.p_dyn, clamp=cfg.clamp,
+        clamp_scale=cfg.clamp_scale, gate=cfg.make_gate(), batch_size=cfg.batch_size, progress=progress,
     )
     return FitResult(guard, forget, retain, features, time.perf_counter() - start)
 
 
-def question_texts(questions: list[MCQ], protocol: str) -> list[str]:
-    """What the gate sees of each question before the answer (cloze context, or the question)."""
-    return [q.cloze()[0] if protocol == "completion" else q.question for q in questions]
+def calibration_texts(model: nn.Module, cfg: PipelineConfig, retain_texts: list[str]) -> list[str]:
+    """What tau is calibrated on: the retain corpus, or the calibration split of the retain questions in the
+    shape the gate sees them under ``cfg.protocol`` (never evaluated: :func:`is_calibration_question`)."""
+    if cfg.calibration not in CALIBRATION_SOURCES:
+        raise ValueError(f"calibration={cfg.calibration!r}: use one of {CALIBRATION_SOURCES}")
+    if cfg.calibration == "corpus":
+        return retain_texts
+    held_out = [q for q in load_questions(cfg.retain_questions) if is_calibration_question(q)]
+    if not held_out:
+        raise ValueError(f"no calibration questions in {cfg.retain_questions}: use calibration='corpus'")
+    return question_texts(held_out, cfg.protocol, model)
+
+
+def question_texts(questions: list[MCQ], protocol: str, model: nn.Module | None = None) -> list[str]:
+    """What the gate sees of each question before the answer under ``protocol``: the cloze context, the chat
+    prompt (needs ``model`` for its chat template) or the lm-eval prompt."""
+    if protocol == "completion":
+        return [q.cloze()[0] for q in questions]
+    if protocol == "chat":
+        if model is None:
+            raise ValueError("question_texts(protocol='chat') needs the model (its chat template)")
+        return [mcq.chat_prompt(model, q) for q in questions]
+    return [mcq.lm_eval_prompt(q) for q in questions]
 
 
 def evaluate_questions(
@@ -142,8 +186,10 @@ def evaluate_questions(
 def base_correct_questions(model: nn.Module, cfg: PipelineConfig, progress: bool) -> tuple[list[MCQ], list[MCQ]]:
     """Forget and retain questions the base model answers correctly (cached on disk), capped at max_questions."""
     kept = []
-    for spec in (cfg.forget_questions, cfg.retain_questions):
+    for side, spec in enumerate((cfg.forget_questions, cfg.retain_questions)):
         questions = filter_base_correct(model, load_questions(spec), cfg.protocol, progress=progress)
+        if side == 1 and cfg.calibration == "questions":
+            questions = [q for q in questions if not is_calibration_question(q)]
         if not questions:
             raise ValueError(f"the base model answers none of {spec} correctly: nothing to evaluate")
         kept.append(questions[: cfg.max_questions] if cfg.max_questions else questions)
@@ -164,8 +210,8 @@ def run_pipeline(model: nn.Module, sae: SAE, cfg: PipelineConfig, out_dir: str |
     base = evaluate_questions(model, forget_q, retain_q, cfg.protocol, cfg.batch_size, progress)
     with fitted.guard.attached(model):
         guarded = evaluate_questions(model, forget_q, retain_q, cfg.protocol, cfg.batch_size, progress)
-    gate = gate_firing(fitted.guard, model, question_texts(forget_q, cfg.protocol),
-                       question_texts(retain_q, cfg.protocol), batch_size=cfg.batch_size)
+    gate = gate_firing(fitted.guard, model, question_texts(forget_q, cfg.protocol, model),
+                       question_texts(retain_q, cfg.protocol, model), batch_size=cfg.batch_size)
     report = {
         "config": asdict(cfg),
         "model": {"name": cfg.model, "dtype": str(model.cfg.dtype), "device": str(model.cfg.device)},

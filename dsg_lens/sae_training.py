@@ -28,7 +28,7 @@ from sae_lens import (
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dsg_lens.forward_context import real_token_mask, special_token_ids
+from dsg_lens.real_tokens import RealTokenRule
 from dsg_lens.sae_view import hook_layer, sae_hook_name
 from dsg_lens.tokens import chunk_corpus
 
@@ -243,7 +243,7 @@ def measure_sae_quality(
     hook_name = sae_hook_name(sae)
     layer = hook_layer(hook_name)
     chunks = chunk_corpus(model, texts, chunk_len=context_size, max_chunks=max(1, max_tokens // context_size))
-    specials = torch.tensor(special_token_ids(model), dtype=torch.long)
+    rule = RealTokenRule.for_model(model)
     device, dtype = sae.W_dec.device, sae.W_dec.dtype
     clean_ev, all_ev = _Accumulator(), _Accumulator()
     fire_count = torch.zeros(sae.cfg.d_sae, dtype=torch.float64)
@@ -251,7 +251,7 @@ def measure_sae_quality(
     n_loss = 0
     for start in tqdm(range(0, chunks.shape[0], batch_size), disable=not progress, desc="SAE quality"):
         tokens = chunks[start : start + batch_size].to(model.cfg.device)
-        clean: Bool[Tensor, "b pos"] = real_token_mask(tokens.cpu(), specials).to(tokens.device)
+        clean: Bool[Tensor, "b pos"] = rule.mask(tokens, torch.ones_like(tokens, dtype=torch.bool))
         clean[:, :first_position] = False
         _, cache = model.run_with_cache(tokens, names_filter=hook_name, stop_at_layer=layer + 1)
         acts = cache[hook_name].to(device=device, dtype=dtype)

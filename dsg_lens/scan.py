@@ -16,7 +16,8 @@ from sae_lens import SAE
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dsg_lens.sae_view import SelectedLatents, check_sae_fits_model
+from dsg_lens.sae_adapters import adapter_for
+from dsg_lens.sae_view import check_sae_fits_model
 from dsg_lens.stats import hook_activations
 from dsg_lens.tokens import TextsOrTokens, iter_batches, n_batches, to_sequences
 
@@ -57,8 +58,8 @@ def scan_first_rank(
 ) -> RankScan:
     """Scan ``texts`` once for the latents ``ranked_ids`` (best first); see module docstring."""
     hook_name = check_sae_fits_model(model, sae, hook_name)
-    view = SelectedLatents(sae, ranked_ids, device=model.cfg.device)
-    n_ranked = view.n
+    adapter = adapter_for(sae, ranked_ids, device=model.cfg.device)
+    n_ranked = adapter.n
     sequences = to_sequences(model, texts, max_len)
     pieces: dict[int, list[tuple[int, Tensor, Tensor]]] = {}
     norm_sum, n_real = 0.0, 0
@@ -69,7 +70,7 @@ def scan_first_rank(
             resid = hook_activations(model, hook_name, batch.tokens)
             if not torch.isfinite(resid).all():
                 raise ValueError(f"non-finite activations at {hook_name}: check the model weights and dtype")
-            fired = view.encode(resid) > 0
+            fired = adapter.encode(resid) > 0
             first = torch.where(fired, ranks, n_ranked).amin(-1)
             norm_sum += float(resid[batch.real].double().norm(dim=-1).sum())
             n_real += int(batch.real.sum())

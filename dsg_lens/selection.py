@@ -10,6 +10,7 @@ Every rule returns its scores for every latent, so they can be plotted.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,14 +139,31 @@ def select_farrell(
 SELECTION_RULES: dict[str, Callable[..., FeatureSet]] = {"dsg": select_dsg, "farrell": select_farrell}
 
 
-def select_features(
-    forget: LatentStats, retain: LatentStats, n: int = 20, p_ratio: float | int = 95.0, rule: str = "dsg", **options: Any
-) -> FeatureSet:
-    """Select ``n`` forget features with the named rule (``"dsg"`` or ``"farrell"``; see module docstring)."""
+def rule_options(rule: str) -> tuple[str, ...]:
+    """The options (keyword arguments after the two statistics) that selection rule ``rule`` takes."""
     if rule not in SELECTION_RULES:
         raise ValueError(f"unknown selection rule {rule!r}; choose one of {sorted(SELECTION_RULES)}")
-    if rule == "dsg":
-        return select_dsg(forget, retain, n=n, p_ratio=p_ratio, **options)
+    return tuple(list(inspect.signature(SELECTION_RULES[rule]).parameters)[2:])
+
+
+def select_features(
+    forget: LatentStats, retain: LatentStats, n: int = 20, p_ratio: float | int | None = None, rule: str = "dsg",
+    **options: Any,
+) -> FeatureSet:
+    """Select ``n`` forget features with the named rule (``"dsg"`` or ``"farrell"``; see module docstring).
+
+    ``p_ratio`` (default 95) and ``statistic`` are options of ``"dsg"``, ``retain_threshold`` of ``"farrell"``;
+    an option the chosen rule does not use is an error (it would be silently ignored otherwise)."""
+    accepted = rule_options(rule)
+    if p_ratio is not None:
+        options = {"p_ratio": p_ratio, **options}
+    for name in options:
+        if name not in accepted:
+            owners = [r for r in SELECTION_RULES if name in rule_options(r)]
+            where = f"it is an option of rule {' / '.join(map(repr, owners))}" if owners else "no rule has it"
+            takes = ", ".join(f"{o}=" for o in accepted)
+            raise ValueError(f"{name}= is not used by selection rule {rule!r} ({where}): rule {rule!r} takes "
+                             f"{takes}; drop {name}= or choose the rule that uses it")
     return SELECTION_RULES[rule](forget, retain, n=n, **options)
 
 

@@ -1,4 +1,4 @@
-"""Texts -> token sequences -> padded batches with a mask of the real (non-special, non-pad) tokens.
+"""Texts -> token sequences -> padded batches with the mask of real tokens (:mod:`dsg_lens.real_tokens`).
 
 Tokenisation is the model's own (``model.to_tokens``). Sequences longer than ``max_len`` (default: the model's
 context) are cut into consecutive windows that remember which text they came from, so per-text results can be
@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor, nn
 
-from dsg_lens.forward_context import pad_token_id, real_token_mask, skips_first_token, special_token_ids
+from dsg_lens.real_tokens import RealTokenRule, pad_token_id
 
 TextsOrTokens = Sequence[str] | Int[Tensor, "n pos"]
 
@@ -104,7 +104,7 @@ def iter_batches(
     """Right-padded batches (sorted by length to limit padding) on the model's device."""
     n_batches(len(sequences), batch_size)
     device = model.cfg.device
-    specials = torch.tensor(special_token_ids(model), dtype=torch.long)
+    rule = RealTokenRule.for_model(model)
     pad_id = pad_token_id(model)
     order = sorted(range(len(sequences)), key=lambda k: -sequences[k][1].numel())
     for start in range(0, len(order), batch_size):
@@ -116,9 +116,7 @@ def iter_batches(
         for row, (_, seq) in enumerate(chosen):
             tokens[row, : seq.numel()] = seq
             present[row, : seq.numel()] = True
-        real = present & real_token_mask(tokens, specials)
-        if skips_first_token(model):
-            real[:, 0] = False  # right-padded: position 0 is each row's first token (the attention sink)
+        real = rule.mask(tokens, present)
         index = torch.tensor([i for i, _ in chosen], dtype=torch.long)
         yield TokenBatch(tokens.to(device), real.to(device), index, keys)
 

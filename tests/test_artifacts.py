@@ -52,8 +52,8 @@ def _edit_tensors(path: Path, edit) -> None:
 
 
 GUARD_TAMPERS = {
-    "unknown schema version": (lambda d: _edit_json(d / "guardrail.json", lambda m: m.update(schema_version=2)),
-                               "unsupported guardrail schema_version 2"),
+    "unknown schema version": (lambda d: _edit_json(d / "guardrail.json", lambda m: m.update(schema_version=99)),
+                               "unsupported guardrail schema_version 99"),
     "missing schema version": (lambda d: _edit_json(d / "guardrail.json", lambda m: m.pop("schema_version")),
                                "unsupported guardrail schema_version None"),
     "NaN threshold": (lambda d: (d / "guardrail.json").write_text(

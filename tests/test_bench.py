@@ -3,12 +3,14 @@ hook it measures agrees with the guardrail's fast path."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import pytest
 import torch
 from conftest import make_sae, planted_setup, texts
+from sae_lens import StandardSAE
 
 from dsg_lens.bench import (
     TAU_ALWAYS,
@@ -86,14 +88,26 @@ def test_parts_can_be_skipped_and_bad_sizes_rejected(tiny_llama):
         run_benchmark(tiny_llama, sae, **{**small, "seq_len": 10_000})
 
 
-@pytest.mark.parametrize("kind", ["standard", "jumprelu", "topk"])
+def _layer_norm_sae(like):
+    """``like``'s weights in a SAELens StandardSAE with run-time layer_norm (decode rescales by the input's std)."""
+    cfg = dataclasses.replace(like.cfg, normalize_activations="layer_norm")
+    sae = StandardSAE(cfg)
+    sae.load_state_dict(like.state_dict())
+    return sae.eval()
+
+
+@pytest.mark.parametrize("kind", ["standard", "jumprelu", "topk", "layer_norm"])
 def test_fast_path_equals_reference_hook(tiny_tokenizer, kind):
-    """Guardrail hook (sliced encode, delta form) == full encode + decode + error, on a planted forget setup."""
+    """Guardrail hook (the SAE's adapter) == full encode + decode + error (the reference hook, SAELens's own
+    encode/decode), on a planted forget setup; layer_norm: the guardrail's adapter is the fallback."""
     from conftest import make_model
 
     model = make_model("llama", tiny_tokenizer)
     planted, _ = planted_setup(model)
-    sae = planted if kind == "standard" else make_sae(kind, hook_name="blocks.0.hook_resid_pre", seed=3)
+    if kind in ("standard", "layer_norm"):
+        sae = planted if kind == "standard" else _layer_norm_sae(planted)
+    else:
+        sae = make_sae(kind, hook_name="blocks.0.hook_resid_pre", seed=3)
     ids = [5, 7, 11]
     tokens = model.to_tokens(texts(0, 3, forget=True) + texts(1, 3, forget=False), padding_side="right")
     for tau in (TAU_ALWAYS, 0.3, TAU_NEVER):
@@ -107,7 +121,7 @@ def test_fast_path_equals_reference_hook(tiny_tokenizer, kind):
         torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-4)
         if tau == TAU_NEVER:
             assert torch.equal(fast, plain)
-        if tau == TAU_ALWAYS and kind == "standard":
+        if tau == TAU_ALWAYS and kind in ("standard", "layer_norm"):
             assert not torch.equal(fast, plain)  # the planted latent fires on forget words: the edit is real
 
 

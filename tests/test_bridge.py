@@ -10,7 +10,6 @@ from tiny_bridge import make_llama_pair
 
 import dsg_lens as dsg
 from dsg_lens import interventions as iv
-from dsg_lens.forward_context import ForwardTracker
 from dsg_lens.hooks import hook_point
 
 PLANTED_HOOK = "blocks.0.hook_resid_pre"
@@ -45,7 +44,7 @@ def test_aliases_resolve_to_the_canonical_hook_point(planted_pair, alias, canoni
     _, bridge, _ = planted_pair
     assert hook_point(bridge, alias) is hook_point(bridge, canonical)
     seen = []
-    with dsg.hooks(bridge, dsg.HookSpec(alias, lambda a, hook: seen.append("alias")),
+    with dsg.scoped_hooks(bridge, dsg.HookSpec(alias, lambda a, hook: seen.append("alias")),
                    dsg.HookSpec(canonical, lambda a, hook: seen.append("canonical"), order=1)):
         bridge(bridge.to_tokens("w1 w2"))
     assert seen == ["alias", "canonical"]
@@ -57,7 +56,7 @@ def test_unknown_names_raise_on_the_bridge(planted_pair, name):
     with pytest.raises(ValueError, match="not a HookPoint"):
         dsg.resolve_hook_name(bridge, name)
     with pytest.raises(ValueError, match="not a HookPoint"):
-        with dsg.hooks(bridge, dsg.HookSpec(name, lambda a, hook: None)):
+        with dsg.scoped_hooks(bridge, dsg.HookSpec(name, lambda a, hook: None)):
             pass
     assert dsg.attached_hooks(bridge) == []
 
@@ -67,9 +66,9 @@ def test_edit_by_alias_matches_hooked_transformer(planted_pair):
     tokens = hooked.to_tokens(texts(2, 2, False), padding_side="right")
     shift = torch.linspace(-1, 1, 16)
     spec = dsg.HookSpec("blocks.0.hook_resid_post", lambda a, hook: a + shift)
-    with dsg.hooks(hooked, spec):
+    with dsg.scoped_hooks(hooked, spec):
         expected = hooked(tokens)
-    with dsg.hooks(bridge, spec):
+    with dsg.scoped_hooks(bridge, spec):
         got = bridge(tokens)
     assert not torch.allclose(expected, hooked(tokens))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
@@ -79,9 +78,9 @@ def test_interventions_match_hooked_transformer(planted_pair):
     hooked, bridge, sae = planted_pair
     tokens = hooked.to_tokens(texts(3, 3, True), padding_side="right")
     for spec in (iv.zero_ablate(sae, 5), iv.steer_latents(sae, [1, 5], 2.0), iv.static_clamp(sae, [5], 10)):
-        with dsg.hooks(hooked, spec):
+        with dsg.scoped_hooks(hooked, spec):
             expected = hooked(tokens)
-        with dsg.hooks(bridge, spec):
+        with dsg.scoped_hooks(bridge, spec):
             got = bridge(tokens)
         assert not torch.allclose(expected, hooked(tokens)), spec.label
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5, msg=spec.label)
@@ -90,11 +89,12 @@ def test_interventions_match_hooked_transformer(planted_pair):
 def test_tracker_sees_token_ids_on_the_bridge(planted_pair):
     _, bridge, _ = planted_pair
     tokens = bridge.to_tokens(texts(4, 2, False), padding_side="right")
-    tracker = ForwardTracker(bridge)
+    tracker = dsg.token_tracker(bridge)
     seen = {}
-    with tracker.installed():
-        with dsg.hooks(bridge, dsg.HookSpec(PLANTED_HOOK, lambda a, hook: seen.update(t=tracker.tokens_for(a.shape[1])))):
-            bridge(tokens)
+    spec = dsg.HookSpec(PLANTED_HOOK, lambda a, hook: seen.update(t=tracker.context(a.shape[1]).tokens),
+                        needs_tokens=True)
+    with dsg.scoped_hooks(bridge, spec):
+        bridge(tokens)
     assert torch.equal(seen["t"], tokens)
     assert not bridge.embed._forward_pre_hooks and not bridge._forward_pre_hooks
 

@@ -7,7 +7,7 @@ import torch
 from conftest import FORGET_WORDS, make_model, make_sae, planted_setup, texts
 
 import dsg_lens as dsg
-from dsg_lens.forward_context import real_token_mask, special_token_ids
+from dsg_lens.sae_adapters import reference_edit
 from dsg_lens.tokens import iter_batches, to_sequences
 
 
@@ -16,13 +16,13 @@ def test_stats_match_dense_computation(tiny_gpt2, any_sae):
     corpus = texts(0, 9, forget=False)
     stats = dsg.collect_latent_stats(tiny_gpt2, any_sae, corpus, batch_size=4, progress=False)
     # dense reference: every text alone, all real tokens
-    specials = torch.tensor(special_token_ids(tiny_gpt2))
+    specials = torch.tensor(tiny_gpt2.tokenizer.all_special_ids)  # by hand: a BOS model, plain text
     rows = []
     for text in corpus:
         tokens = tiny_gpt2.to_tokens(text)
         _, cache = tiny_gpt2.run_with_cache(tokens)
         resid = cache["blocks.1.hook_resid_pre"][0]
-        rows.append(any_sae.encode(resid[real_token_mask(tokens, specials)[0]]))
+        rows.append(any_sae.encode(resid[~torch.isin(tokens, specials)[0]]))
     acts = torch.cat(rows)
     assert stats.n_tokens == acts.shape[0]
     torch.testing.assert_close(stats.mean_act, acts.mean(0), atol=1e-5, rtol=1e-4)
@@ -175,8 +175,8 @@ def test_gate_off_is_bit_identical(tiny_gpt2, any_sae):
 
 
 def test_delta_form_equals_full_form(tiny_gpt2, any_sae):
-    guard = _fitted(tiny_gpt2, any_sae)
-    guard.gate = guard.gate.with_tau(-1.0)  # always fires
+    guard = _fitted(tiny_gpt2, any_sae, gate=dsg.PaperGate())
+    guard.gate = guard.gate.with_tau(-1.0)  # the paper's gate with tau < 0: on at every position of every row
     tokens = tiny_gpt2.to_tokens(texts(5, 3, False), padding_side="right")
     captured = {}
 
@@ -185,15 +185,15 @@ def test_delta_form_equals_full_form(tiny_gpt2, any_sae):
             captured[name] = act.clone()
         return fn
 
-    with dsg.hooks(tiny_gpt2, dsg.HookSpec("blocks.1.hook_resid_pre", capture("before"), order=-1)):
+    with dsg.scoped_hooks(tiny_gpt2, dsg.HookSpec("blocks.1.hook_resid_pre", capture("before"), order=-1)):
         with guard.attached(tiny_gpt2):
-            with dsg.hooks(tiny_gpt2, dsg.HookSpec("blocks.1.hook_resid_pre", capture("after"))):
+            with dsg.scoped_hooks(tiny_gpt2, dsg.HookSpec("blocks.1.hook_resid_pre", capture("after"))):
                 tiny_gpt2(tokens)
-    specials = torch.tensor(special_token_ids(tiny_gpt2))
-    acts = guard._view_cpu.encode(captured["before"])
-    mask = (acts > 0).any(-1) & real_token_mask(tokens, specials)
+    specials = torch.tensor(tiny_gpt2.tokenizer.all_special_ids)
+    acts = any_sae.encode(captured["before"])[..., guard.latent_ids]
+    mask = (acts > 0).any(-1) & ~torch.isin(tokens, specials)
     assert mask.any()
-    reference = dsg.full_form_edit(any_sae, captured["before"], guard.latent_ids, mask, guard.clamp_values)
+    reference = reference_edit(any_sae, captured["before"], guard.latent_ids, mask, -guard.clamp_values)
     torch.testing.assert_close(captured["after"], reference, atol=1e-4, rtol=1e-4)
 
 
@@ -251,9 +251,9 @@ def test_generation_row_switches_on_later(planted):
         model.b_U[fox] = 1e4  # the model now always generates "fox", a forget word
     before, after = [], []
     name = "blocks.0.hook_resid_pre"
-    with dsg.hooks(model, dsg.HookSpec(name, lambda a, hook: before.append(a.clone()))):
+    with dsg.scoped_hooks(model, dsg.HookSpec(name, lambda a, hook: before.append(a.clone()))):
         with guard.attached(model):
-            with dsg.hooks(model, dsg.HookSpec(name, lambda a, hook: after.append(a.clone()))):
+            with dsg.scoped_hooks(model, dsg.HookSpec(name, lambda a, hook: after.append(a.clone()))):
                 out = model.generate(model.to_tokens("w1 w2 w3"), max_new_tokens=3, do_sample=False, verbose=False)
     assert out[0, -3:].tolist() == [fox] * 3
     changed = [not torch.equal(b, a) for b, a in zip(before, after)]
@@ -289,7 +289,7 @@ def test_bf16_model_fp32_sae_returns_bf16(tiny_tokenizer):
     guard.gate = guard.gate.with_tau(-1.0)
     seen = {}
     with guard.attached(model):
-        with dsg.hooks(model, dsg.HookSpec("blocks.1.hook_resid_pre", lambda a, hook: seen.update(dtype=a.dtype))):
+        with dsg.scoped_hooks(model, dsg.HookSpec("blocks.1.hook_resid_pre", lambda a, hook: seen.update(dtype=a.dtype))):
             model(model.to_tokens("w1 w2 w3"))
     assert seen["dtype"] == torch.bfloat16
 
@@ -373,17 +373,13 @@ def test_runtime_type_checking_is_active():
 def test_first_token_is_not_counted_without_bos(tiny_tokenizer):
     """Models that do not prepend BOS (SmolLM2) have their attention sink at the first token: never counted,
     neither by statistics nor by the gate in the hook."""
-    from dsg_lens.forward_context import first_token_mask
-
     model = make_model("llama", tiny_tokenizer)
     model.cfg.default_prepend_bos = False
     batch = next(iter_batches(model, to_sequences(model, ["w1 w2 w3", "w4 w5"]), batch_size=2))
     assert batch.real.sum().item() == 2 + 1 and not batch.real[:, 0].any()
-    pad = model.tokenizer.pad_token_id
-    left_padded = torch.tensor([[pad, pad, 7, 8], [9, 10, 11, 12]])
-    assert first_token_mask(left_padded, pad).tolist() == [[False, False, True, False], [True, False, False, False]]
     sae, _ = planted_setup(model)
-    guard = dsg.DynamicSAEGuardrail.fit(model, sae, [5], texts(11, 12, False), p_dyn=95, clamp=20.0, progress=False)
+    guard = dsg.DynamicSAEGuardrail.fit(model, sae, [5], texts(11, 12, False), p_dyn=95, clamp=20.0, gate="paper",
+                                        progress=False)
     torch.testing.assert_close(guard.gate_scores(model, ["cat w1 w2 w3", "w1 cat w2 w3"]), torch.tensor([0.0, 1 / 3]))
     first, second = model.to_tokens("cat w1 w2 w3"), model.to_tokens("w1 cat w2 w3")
     base_first, base_second = model(first), model(second)

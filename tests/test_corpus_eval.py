@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dsg_lens.eval.corpus import corpus_loss
-from dsg_lens.hooks import HookSpec, hooks
+from dsg_lens.hooks import HookSpec, scoped_hooks
 
 TEXTS = ["w1 w2 w3 cat w4", "dog w5", "w6 w7 w8 w9 w10 w11 w12 fox w13", "w14 w15 w16"]
 
@@ -53,7 +53,7 @@ def test_token_tensor_input_and_windows(tiny_gpt2):
 
 def test_loss_sees_hooks(tiny_gpt2):
     base = corpus_loss(tiny_gpt2, TEXTS, progress=False)
-    with hooks(tiny_gpt2, HookSpec("blocks.0.hook_resid_post", lambda act, hook: act * 0)):
+    with scoped_hooks(tiny_gpt2, HookSpec("blocks.0.hook_resid_post", lambda act, hook: act * 0)):
         hooked = corpus_loss(tiny_gpt2, TEXTS, progress=False)
     assert hooked.n_tokens == base.n_tokens and hooked.mean_loss != pytest.approx(base.mean_loss)
     assert corpus_loss(tiny_gpt2, TEXTS, progress=False).mean_loss == base.mean_loss

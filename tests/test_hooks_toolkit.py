@@ -42,7 +42,7 @@ def test_observer_after_edit_sees_the_edit(models, kind):
     store: dict = {}
     shift = torch.arange(16, dtype=torch.float32)
     # given in the "wrong" order: the spec order decides
-    with dsg.hooks(model, iv.cache_spec(HOOK, store, key="after"), dsg.HookSpec(HOOK, _add(shift), label="edit"),
+    with dsg.scoped_hooks(model, iv.cache_spec(HOOK, store, key="after"), dsg.HookSpec(HOOK, _add(shift), label="edit"),
                    iv.cache_spec(HOOK, store, key="before", order=-1)):
         assert [h.label for h in dsg.attached_hooks(model)] == ["cache", "edit", "cache"]
         assert [h.order for h in dsg.attached_hooks(model)] == [-1, 0, 100]
@@ -58,8 +58,8 @@ def test_same_order_keeps_given_order_and_nesting_runs_outer_first(models, kind)
     def mark(tag):
         return dsg.HookSpec(HOOK, lambda act, hook: seen.append(tag), label=tag)
 
-    with dsg.hooks(model, mark("outer")):
-        with dsg.hooks(model, mark("a"), mark("b")):
+    with dsg.scoped_hooks(model, mark("outer")):
+        with dsg.scoped_hooks(model, mark("a"), mark("b")):
             model(model.to_tokens("w1 w2"))
     assert seen == ["outer", "a", "b"]
 
@@ -75,7 +75,7 @@ def test_exception_leaves_no_hook_behind(models, kind, where):
 
     spec = dsg.HookSpec(HOOK, boom if where == "in hook" else (lambda act, hook: None), label="x")
     with pytest.raises(RuntimeError, match="boom"):
-        with dsg.hooks(model, spec, iv.cache_spec("blocks.0.hook_resid_post", {})):
+        with dsg.scoped_hooks(model, spec, iv.cache_spec("blocks.0.hook_resid_post", {})):
             model(model.to_tokens("w1 w2"))
             raise RuntimeError("boom")
     assert dsg.attached_hooks(model) == []
@@ -98,10 +98,10 @@ def test_nested_contexts_restore_exactly_the_previous_state(models, kind):
     try:
         with_foreign = model(tokens)
         snapshot = (describe_hooks(model), _live_hook_count(model))
-        with dsg.hooks(model, dsg.HookSpec(HOOK, _add(1.0), label="one")):
+        with dsg.scoped_hooks(model, dsg.HookSpec(HOOK, _add(1.0), label="one")):
             level1 = (describe_hooks(model), _live_hook_count(model))
             out1 = model(tokens)
-            with dsg.hooks(model, dsg.HookSpec(HOOK, _add(2.0), label="two")):
+            with dsg.scoped_hooks(model, dsg.HookSpec(HOOK, _add(2.0), label="two")):
                 assert [h.label for h in dsg.attached_hooks(model)] == ["one", "two"]
                 model(tokens)
             assert (describe_hooks(model), _live_hook_count(model)) == level1
@@ -118,7 +118,7 @@ def test_persistent_attach_removes_exactly_its_hooks(models, kind):
     model = models[kind]
     before = _live_hook_count(model)
     handle = dsg.attach(model, dsg.HookSpec(HOOK, _add(1.0), label="steer"), iv.cache_spec(HOOK, {}))
-    with dsg.hooks(model, dsg.HookSpec(HOOK, _add(1.0), label="scoped")):
+    with dsg.scoped_hooks(model, dsg.HookSpec(HOOK, _add(1.0), label="scoped")):
         table = describe_hooks(model)
     for text in ("steer", "cache", "scoped", "persistent", "order"):
         assert text in table
@@ -132,7 +132,7 @@ def test_persistent_attach_removes_exactly_its_hooks(models, kind):
 def test_describe_hooks_counts_foreign_hooks(tiny_gpt2):
     tiny_gpt2.hook_dict[HOOK].add_hook(lambda act, hook: None)
     try:
-        with dsg.hooks(tiny_gpt2, dsg.HookSpec(HOOK, lambda act, hook: None, label="mine", order=3)):
+        with dsg.scoped_hooks(tiny_gpt2, dsg.HookSpec(HOOK, lambda act, hook: None, label="mine", order=3)):
             lines = describe_hooks(tiny_gpt2).splitlines()
     finally:
         tiny_gpt2.reset_hooks()
@@ -146,7 +146,7 @@ def test_unknown_hook_name_raises_and_attaches_nothing(models, kind):
     model = models[kind]
     before = _live_hook_count(model)
     with pytest.raises(ValueError, match="not a HookPoint"):
-        with dsg.hooks(model, dsg.HookSpec(HOOK, _add(1.0)), dsg.HookSpec("blocks.1.hook_resid_prr", _add(1.0))):
+        with dsg.scoped_hooks(model, dsg.HookSpec(HOOK, _add(1.0)), dsg.HookSpec("blocks.1.hook_resid_prr", _add(1.0))):
             pass
     with pytest.raises(ValueError, match="not a HookPoint"):
         dsg.attach(model, dsg.HookSpec("blocks.9.hook_resid_pre", _add(1.0)))
@@ -162,12 +162,12 @@ def test_guardrail_stacked_with_ablation_and_cache(tiny_tokenizer):
     tokens = model.to_tokens(texts(4, 2, True), padding_side="right")
     store: dict = {}
     with guard.attached(model):
-        with dsg.hooks(model, iv.zero_ablate(sae, [9, 10]), iv.cache_spec(HOOK, store)):
+        with dsg.scoped_hooks(model, iv.zero_ablate(sae, [9, 10]), iv.cache_spec(HOOK, store)):
             assert [h.label for h in dsg.attached_hooks(model)] == ["dsg-guardrail", "zero[2 latents]", "cache"]
             model(tokens)
     only_guard: dict = {}
     with guard.attached(model):
-        with dsg.hooks(model, iv.cache_spec(HOOK, only_guard)):
+        with dsg.scoped_hooks(model, iv.cache_spec(HOOK, only_guard)):
             model(tokens)
     assert not torch.equal(store[HOOK], only_guard[HOOK])  # the ablation ran after the guardrail
     acts = sae.encode(only_guard[HOOK])[..., [9, 10]]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_model, make_sae, texts
-from sae_lens import HookedSAETransformer
+from sae_lens import HookedSAETransformer, StandardSAE, StandardSAEConfig
+from sae_lens.saes.sae import SAEMetadata
 
 import dsg_lens as dsg
 from dsg_lens import interventions as iv
-from dsg_lens.sae_view import SelectedLatents
+from dsg_lens.sae_adapters import adapter_for
 
 HOOK = "blocks.1.hook_resid_pre"
 
@@ -21,8 +22,8 @@ def _tokens(model, seed=5, n=3):
 def _capture(model, tokens, *specs):
     """The activation at HOOK before and after ``specs`` (observers attached around them)."""
     store: dict = {}
-    with dsg.hooks(model, iv.cache_spec(HOOK, store, key="before", order=-100)):
-        with dsg.hooks(model, *specs, iv.cache_spec(HOOK, store, key="after")):
+    with dsg.scoped_hooks(model, iv.cache_spec(HOOK, store, key="before", order=-100)):
+        with dsg.scoped_hooks(model, *specs, iv.cache_spec(HOOK, store, key="after")):
             logits = model(tokens)
     return store["before"], store["after"], logits
 
@@ -47,7 +48,7 @@ def test_ablating_a_latent_that_never_fires_is_bit_identical(tiny_gpt2, any_sae)
     dead = _kill_latent(any_sae, before)
     for spec in (iv.zero_ablate(any_sae, dead), iv.scale_latents(any_sae, dead, 3.0),
                  iv.static_clamp(any_sae, [dead], 50)):
-        with dsg.hooks(tiny_gpt2, spec):
+        with dsg.scoped_hooks(tiny_gpt2, spec):
             assert torch.equal(tiny_gpt2(tokens), base)
 
 
@@ -78,7 +79,7 @@ def test_zero_ablation_equals_hooked_sae_transformer_with_error_term(tiny_tokeni
     tokens = _tokens(model)
     before, _, base = _capture(model, tokens)
     ids = _live_latents(sae, before, k=2)
-    with dsg.hooks(model, iv.zero_ablate(sae, ids)):
+    with dsg.scoped_hooks(model, iv.zero_ablate(sae, ids)):
         ours = model(tokens)
 
     def zero_latents(acts, hook):
@@ -103,8 +104,8 @@ def test_rules_set_the_latents_as_documented(tiny_gpt2):
     tokens = _tokens(tiny_gpt2)
     before, _, _ = _capture(tiny_gpt2, tokens)
     ids = _live_latents(sae, before, k=3)
-    view = SelectedLatents(sae, ids)
-    a = view.encode(before)
+    adapter = adapter_for(sae, ids)
+    a = adapter.encode(before)
     means = torch.rand(sae.cfg.d_sae)
     cases = {
         "zero": (iv.zero_ablate(sae, ids), torch.zeros_like(a)),
@@ -115,7 +116,33 @@ def test_rules_set_the_latents_as_documented(tiny_gpt2):
     }
     for name, (spec, new) in cases.items():
         _, after, _ = _capture(tiny_gpt2, tokens, spec)
-        torch.testing.assert_close(after, before + view.delta(new, a), atol=1e-5, rtol=1e-5, msg=name)
+        expected = before + (new - a) @ sae.W_dec[ids]  # jumprelu: decode is acts @ W_dec + b_dec
+        torch.testing.assert_close(after, expected, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_interventions_on_a_layer_norm_sae_go_through_its_own_decode(tiny_gpt2):
+    """SAELens layer_norm SAEs rescale decode by the input's std (state set by encode): the edit is SAELens's
+    encode -> set -> decode + error, here computed with SAELens calls; tokens where nothing changes stay identical."""
+    plain = make_sae()
+    sae = StandardSAE(StandardSAEConfig(d_in=16, d_sae=64, normalize_activations="layer_norm",
+                                        metadata=SAEMetadata(hook_name=HOOK)))
+    sae.load_state_dict(plain.state_dict())
+    tokens = _tokens(tiny_gpt2)
+    before, _, _ = _capture(tiny_gpt2, tokens)
+    ids = _live_latents(sae, before, k=2)
+    _, after, _ = _capture(tiny_gpt2, tokens, iv.zero_ablate(sae, ids))
+    with torch.no_grad():
+        acts = sae.encode(before)
+        recons = sae.decode(acts)
+        edited = sae.encode(before)  # decode consumed the normalisation state
+        edited[..., ids] = 0.0
+        expected = sae.decode(edited) + (before - recons)
+    changed = (acts[..., ids] != 0).any(-1)
+    assert changed.any() and not changed.all()
+    torch.testing.assert_close(after[changed], expected[changed], atol=1e-4, rtol=1e-4)
+    assert torch.equal(after[~changed], before[~changed])
+    naive = before + (0 - acts[..., ids]) @ sae.W_dec[ids]  # the delta form ignores the std rescaling
+    assert not torch.allclose(after[changed], naive[changed], atol=1e-3)
 
 
 def test_mean_ablation_from_latent_stats(tiny_gpt2):
@@ -155,10 +182,12 @@ def test_static_clamp_sets_each_latent_only_where_it_fires(tiny_gpt2):
     ids = _live_latents(sae, before, k=2)
     _, after, _ = _capture(tiny_gpt2, tokens, iv.static_clamp(sae, ids, 20))
     a = sae.encode(before)[..., ids]
-    new = torch.where(a > 0, torch.full_like(a, -20.0), a)
+    real = ~torch.isin(tokens, torch.tensor(tiny_gpt2.tokenizer.all_special_ids))  # BOS/pad never edited
+    new = torch.where((a > 0) & real[..., None], torch.full_like(a, -20.0), a)
     expected = before + (new - a) @ sae.W_dec[ids]
     torch.testing.assert_close(after, expected, atol=1e-4, rtol=1e-5)
-    assert torch.equal((after != before).any(-1), (a > 0).any(-1))
+    assert torch.equal((after != before).any(-1), (a > 0).any(-1) & real)
+    assert (a[:, 0] > 0).any() and torch.equal(after[:, 0], before[:, 0])  # BOS fires, and is left alone
 
 
 def test_bf16_model_keeps_its_dtype(tiny_tokenizer):
@@ -187,7 +216,7 @@ def test_bad_input(build, match):
 def test_mask_of_wrong_shape_is_a_clear_error(tiny_gpt2):
     spec = iv.zero_ablate(make_sae(), [0], where=torch.ones(1, 99, dtype=torch.bool))
     with pytest.raises(ValueError, match="does not fit"):
-        with dsg.hooks(tiny_gpt2, spec):
+        with dsg.scoped_hooks(tiny_gpt2, spec):
             tiny_gpt2(_tokens(tiny_gpt2))
     assert dsg.attached_hooks(tiny_gpt2) == []
 
@@ -210,11 +239,11 @@ def test_ablation_study_table(tiny_gpt2, tmp_path):
     assert [(r["ablation"], r["latent"]) for r in rows] == [
         ("none", None), ("single", live[0]), ("single", live[1]), ("single", dead), ("all", None)]
     assert rows[-1]["latents"] == [*live, dead] and all(set(r) == set(COLUMNS) for r in rows)
-    # the baseline loss by hand: mean -log p(next token) over real targets
+    # the baseline loss by hand: mean -log p(next token) where input and target are real (BOS is neither)
     seqs = [tiny_gpt2.to_tokens(t)[0] for t in corpus]
-    nll = [-tiny_gpt2(s[None])[0, :-1].log_softmax(-1).gather(-1, s[1:, None]).squeeze(-1) for s in seqs]
+    nll = [-tiny_gpt2(s[None])[0, 1:-1].log_softmax(-1).gather(-1, s[2:, None]).squeeze(-1) for s in seqs]
     by_hand = torch.cat(nll).double().mean().item()
-    assert rows[0]["n_tokens"] == sum(s.numel() - 1 for s in seqs)
+    assert rows[0]["n_tokens"] == sum(s.numel() - 2 for s in seqs)
     assert abs(rows[0]["loss"] - by_hand) < 1e-5
     dead_row = rows[3]
     assert dead_row["delta_loss"] == 0.0 and dead_row["delta_accuracy"] == 0.0

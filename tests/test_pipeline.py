@@ -41,7 +41,7 @@ def _cloze(i: int, words: list[str], answer: int) -> MCQ:
 def test_fit_and_evaluate_on_planted_model(tiny_tokenizer):
     model = make_model("llama", tiny_tokenizer)
     sae, _ = planted_setup(model)
-    cfg = PipelineConfig(n=1, p_ratio=90, p_dyn=95, clamp=20.0, batch_size=4)
+    cfg = PipelineConfig(n=1, p_ratio=90, p_dyn=95, clamp=20.0, batch_size=4, calibration="corpus")
     fitted = fit_guardrail(model, sae, texts(30, 10, True), texts(31, 20, False), cfg, progress=False)
     assert fitted.features.ids == [5] and fitted.seconds > 0
     forget_q = [_cloze(i, ["cat", "dog", "fox", "w5"], i % 4) for i in range(4)]

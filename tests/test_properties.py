@@ -12,7 +12,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dsg_lens as dsg
-from dsg_lens.forward_context import ForwardTracker
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 SAE_KINDS = st.sampled_from(["standard", "jumprelu", "topk"])
@@ -41,18 +40,28 @@ def test_rows_the_gate_does_not_trip_are_bit_identical(tiny_gpt2, batch, kind, i
 
 
 @settings(max_examples=40, **SETTINGS)
-@given(seed=st.integers(0, 2**16), kind=SAE_KINDS, ids=LATENTS, clamp=st.floats(0.0, 500.0),
-       scale=st.floats(0.1, 20.0), batch=st.integers(1, 3), pos=st.integers(1, 9))
-def test_delta_form_equals_full_form(tiny_gpt2, seed, kind, ids, clamp, scale, batch, pos):
+@given(batch=TEXTS, kind=SAE_KINDS, ids=LATENTS, clamp=st.floats(0.0, 500.0))
+def test_guardrail_edit_equals_saelens_encode_clamp_decode(tiny_gpt2, batch, kind, ids, clamp):
+    """At the hook, the guardrail's output equals SAELens encode -> clamp -> decode + error at fired real tokens
+    (reference computed here with SAELens calls), and the input elsewhere."""
     sae = _SAES[kind]
-    guard = dsg.DynamicSAEGuardrail(sae, ids, dsg.PaperGate(-1.0), clamp=clamp)  # always trips
-    resid = torch.randn(batch, pos, 16, generator=torch.Generator().manual_seed(seed)) * scale
-    edit = guard.hook_spec(tiny_gpt2, ForwardTracker(tiny_gpt2)).fn  # no tokens tracked: every position is real
+    guard = dsg.DynamicSAEGuardrail(sae, ids, dsg.PaperGate(-1.0), clamp=clamp)  # always on
+    tokens = tiny_gpt2.to_tokens(batch, padding_side="right")
+    store: dict = {}
+    with dsg.scoped_hooks(tiny_gpt2, dsg.cache_spec("blocks.1.hook_resid_pre", store, key="before", order=-1)):
+        with guard.attached(tiny_gpt2):
+            with dsg.scoped_hooks(tiny_gpt2, dsg.cache_spec("blocks.1.hook_resid_pre", store, key="after")):
+                tiny_gpt2(tokens)
+    resid = store["before"]
     with torch.no_grad():
-        edited = edit(resid, hook=None)
-        fired = (sae.encode(resid)[..., ids] > 0).any(-1)
-        reference = dsg.full_form_edit(sae, resid, ids, fired, guard.clamp_values)
-    torch.testing.assert_close(edited, reference, atol=1e-3 * max(1.0, clamp / 50), rtol=1e-4)
+        acts = sae.encode(resid)
+        real = ~torch.isin(tokens, torch.tensor(tiny_gpt2.tokenizer.all_special_ids))
+        on = (acts[..., ids] > 0).any(-1) & real
+        edited = acts.clone()
+        edited[..., ids] = torch.where(on[..., None], torch.full_like(acts[..., ids], -clamp), acts[..., ids])
+        reference = torch.where(on[..., None], sae.decode(edited) + resid - sae.decode(acts), resid)
+    torch.testing.assert_close(store["after"], reference, atol=1e-3 * max(1.0, clamp / 50), rtol=1e-4)
+    assert torch.equal(store["after"][~on], resid[~on])
 
 
 @settings(max_examples=15, **SETTINGS)

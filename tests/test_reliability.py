@@ -19,7 +19,7 @@ from transformer_lens import TransformerLensKeyValueCache as KVCache
 import dsg_lens as dsg
 import dsg_lens.scan
 import dsg_lens.stats
-from dsg_lens.sae_view import SelectedLatents
+from dsg_lens.sae_adapters import SAEAdapter
 
 HOOK = "blocks.1.hook_resid_pre"
 
@@ -205,19 +205,21 @@ def test_fault_leaves_no_hook_and_no_state(kind, where, exc, tiny_tokenizer, mon
     before, state = hook_counts(model), {k: id(v) for k, v in vars(guard).items()}
     with pytest.raises(type(exc)):
         if where == "guardrail_hook":
-            monkeypatch.setattr(SelectedLatents, "encode", lambda self, x: (_ for _ in ()).throw(exc))
+            fault = lambda self, *args: (_ for _ in ()).throw(exc)  # noqa: E731
+            monkeypatch.setattr(SAEAdapter, "encode", fault)  # the hook's encode (plain models) ...
+            monkeypatch.setattr(type(guard.gate), "decisions", fault)  # ... and its gate (SAE-attached ones too)
             with guard.attached(model):
                 model(tokens)
         elif where == "user_hook":
-            with guard.attached(model), dsg.hooks(model, dsg.HookSpec("blocks.1.hook_resid_post", _raise_on_call(1, exc))):
+            with guard.attached(model), dsg.scoped_hooks(model, dsg.HookSpec("blocks.1.hook_resid_post", _raise_on_call(1, exc))):
                 model(tokens)
         elif where == "generate":  # fails in the 3rd pass: inside KV-cached decoding
-            with guard.attached(model), dsg.hooks(model, dsg.HookSpec("blocks.1.hook_resid_post", _raise_on_call(3, exc))):
+            with guard.attached(model), dsg.scoped_hooks(model, dsg.HookSpec("blocks.1.hook_resid_post", _raise_on_call(3, exc))):
                 model.generate(tokens[:1, :4], max_new_tokens=5, do_sample=False, verbose=False)
         else:
             handle = guard.attach(model)
             try:
-                with dsg.hooks(model, dsg.HookSpec("blocks.1.hook_resid_post", _raise_on_call(2, exc))):
+                with dsg.scoped_hooks(model, dsg.HookSpec("blocks.1.hook_resid_post", _raise_on_call(2, exc))):
                     model.generate(tokens[:1, :4], max_new_tokens=5, do_sample=False, verbose=False)
             finally:
                 handle.remove()
@@ -244,7 +246,16 @@ def test_interrupted_fit_and_stats_leave_no_hook(kind, tiny_tokenizer, monkeypat
             raise KeyboardInterrupt
         return original(self, x)
 
+    original_adapter = SAEAdapter.encode
+
+    def flaky_adapter(self, x):  # scans encode through the SAE's adapter (an exact slice here, not sae.encode)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original_adapter(self, x)
+
     monkeypatch.setattr(type(sae), "encode", flaky)
+    monkeypatch.setattr(SAEAdapter, "encode", flaky_adapter)
     with pytest.raises(KeyboardInterrupt):
         dsg.collect_latent_stats(model, sae, texts(1, 8, False), batch_size=2, progress=False)
     assert hook_counts(model) == before and dsg.attached_hooks(model) == []
@@ -263,7 +274,7 @@ def test_persistent_guardrail_state_does_not_leak_across_an_interrupted_generati
     handle = guard.attach(model)
     try:
         with pytest.raises(KeyboardInterrupt):  # the forget prompt trips the gate, then decoding is interrupted
-            with dsg.hooks(model, dsg.HookSpec("blocks.1.hook_resid_post", _raise_on_call(3, KeyboardInterrupt()))):
+            with dsg.scoped_hooks(model, dsg.HookSpec("blocks.1.hook_resid_post", _raise_on_call(3, KeyboardInterrupt()))):
                 model.generate(forget_prompt, max_new_tokens=6, do_sample=False, verbose=False)
         got = model.generate(retain_prompt, max_new_tokens=6, do_sample=False, verbose=False)
     finally:
@@ -387,7 +398,7 @@ def test_long_text_gate_is_independent_of_batching_and_windowing(tiny_tokenizer)
         assert score[0].item() == pytest.approx(expected, abs=1e-6), (max_len, batch_size)
     tokens = model.to_tokens(long_text)
     seen = {}
-    with guard.attached(model), dsg.hooks(model, dsg.HookSpec("blocks.0.hook_resid_pre",
+    with guard.attached(model), dsg.scoped_hooks(model, dsg.HookSpec("blocks.0.hook_resid_pre",
                                                               lambda a, hook: seen.update(after=a.clone()))):
         model(tokens, stop_at_layer=1)
     clamped_positions = (seen["after"] != model.embed(tokens)).any(-1)[0]
@@ -485,7 +496,7 @@ def test_first_decoded_token_is_judged_with_its_prompt(tiny_tokenizer):
             got = model.generate(prompt, max_new_tokens=2, do_sample=False, verbose=False, use_past_kv_cache=use_cache)
             assert torch.equal(got, expected), use_cache
     seen = []
-    with guard.attached(model), dsg.hooks(model, dsg.HookSpec("blocks.0.hook_resid_pre",
+    with guard.attached(model), dsg.scoped_hooks(model, dsg.HookSpec("blocks.0.hook_resid_pre",
                                                               lambda a, hook: seen.append(a.clone()))):
         model.generate(prompt, max_new_tokens=3, do_sample=False, verbose=False)
     assert all(torch.equal(a, model.embed(b)) for a, b in zip(seen[1:], [torch.tensor([[fox]])] * 2))

@@ -14,7 +14,11 @@ from dsg_lens.baselines import RMUConfig, rmu_unlearn
 from dsg_lens.data.loaders import MCQ
 from dsg_lens.gate import WindowGate
 from dsg_lens.studies import (
+    EfficiencyConfig,
+    RelearnConfig,
+    SequentialConfig,
     Topic,
+    ZeroShotConfig,
     attack_study,
     default_attacks,
     dilute,
@@ -101,8 +105,9 @@ def test_relearn_curve(planted, guards, tmp_path):
     rmu = rmu_unlearn(model, texts(51, 8, True), texts(52, 8, False),
                       RMUConfig(layer=0, steering_coef=3.0, steps=2, batch_size=2, max_len=8), progress=False)
     before = model.W_E.detach().clone()
-    result = relearn_study(model, guards["paper"], texts(53, 4, True), fq, rmu_model=rmu.model, steps=3, lr=5e-2, max_len=16,
-                           batch_size=2, out_dir=tmp_path, progress=False)
+    result = relearn_study(model, guards["paper"], texts(53, 4, True), fq,
+                           RelearnConfig(steps=3, lr=5e-2, max_len=16, batch_size=2), rmu_model=rmu.model,
+                           out_dir=tmp_path, progress=False)
     assert torch.equal(model.W_E, before)  # fine-tuning works on copies
     assert [row["step"] for row in result["curve"]] == [0, 1, 2, 3]
     first = result["curve"][0]
@@ -112,7 +117,7 @@ def test_relearn_curve(planted, guards, tmp_path):
     assert all(0 <= row["dsg_firing_rate"] <= 1 for row in result["curve"])
     assert (tmp_path / "relearn.json").is_file()
     with pytest.raises(ValueError, match="eval_steps"):
-        relearn_study(model, guards["paper"], ["w1"], fq, steps=2, eval_steps=[5], progress=False)
+        RelearnConfig(steps=2, eval_steps=(5,))
 
 
 # ---------------------------------------------------------------------------------------------- sequential
@@ -123,8 +128,8 @@ def test_sequential_composes_guardrails_and_removes_them(planted):
     rq = word_mcqs(64, 8, False)
     r_tok = model.to_tokens(texts(65, 1, False))
     reference = model(r_tok)
-    result = sequential_study(model, sae, topics, texts(66, 24, False), rq, n=1, p_ratio=90, clamp=20.0,
-                              batch_size=4, progress=False)
+    result = sequential_study(model, sae, topics, texts(66, 24, False), rq,
+                              SequentialConfig(n=1, p_ratio=90, clamp=20.0, batch_size=4), progress=False)
     assert [s["added"] for s in result["steps"]] == [None, "a", "b"]
     assert all(s["retain_acc"] == result["steps"][0]["retain_acc"] for s in result["steps"])
     assert result["steps"][1]["features"] == [5] and result["steps"][2]["features"] == [5]
@@ -158,8 +163,9 @@ def test_subset_is_seeded_and_sized():
 def test_efficiency_study(planted, tmp_path):
     model, sae = planted
     result = efficiency_study(model, sae, texts(70, 20, True), texts(71, 24, False), word_mcqs(72, 4, True),
-                              word_mcqs(73, 4, False), fractions=(0.1, 1.0), n=1, p_ratio=90, clamp=20.0,
-                              batch_size=4, out_dir=tmp_path, progress=False)
+                              word_mcqs(73, 4, False),
+                              EfficiencyConfig(fractions=(0.1, 1.0), n=1, p_ratio=90, clamp=20.0, batch_size=4),
+                              out_dir=tmp_path, progress=False)
     assert [r["fraction"] for r in result["rows"]] == [1.0, 0.1]
     assert [r["n_texts"] for r in result["rows"]] == [20, 2]
     assert all(r["features"] == [5] and r["jaccard_vs_largest"] == 1.0 for r in result["rows"])
@@ -172,13 +178,54 @@ def test_zeroshot_finds_the_planted_latent_and_scans_tau(planted):
     model, sae = planted
     topic = ["cat dog fox", "the fox and the dog", "cat"]
     result = zeroshot_study(model, sae, topic, texts(80, 24, False), word_mcqs(81, 6, True), word_mcqs(82, 6, False),
-                            taus=(0.1, 0.95), n=1, p_ratio=90, clamp=20.0, batch_size=4, progress=False)
+                            ZeroShotConfig(taus=(0.1, 0.95), n=1, p_ratio=90, clamp=20.0, batch_size=4),
+                            progress=False)
     assert result["features"] == [5]
     low, high = result["rows"]
     assert low["tpr"] == 1.0 and high["tpr"] < low["tpr"] and low["fpr"] == 0.0
     assert result["best"] is not None and result["best"]["tau"] in (0.1, 0.95)
     with pytest.raises(ValueError, match="taus"):
-        zeroshot_study(model, sae, topic, ["w1"], [], [], taus=(1.5,))
+        ZeroShotConfig(taus=(1.5,))
+
+
+@pytest.mark.parametrize("config", [EfficiencyConfig(fractions=(0.5, 1.0), clamp_scale=2.0), SequentialConfig(n=3),
+                                    ZeroShotConfig(taus=(0.2,)), RelearnConfig(steps=4, eval_steps=(0, 4))])
+def test_study_configs_round_trip_through_json(config):
+    data = json.loads(json.dumps(config.to_dict()))
+    assert type(config).from_dict(data) == config
+    with pytest.raises(ValueError, match="no settings"):
+        type(config).from_dict({**data, "typo": 1})
+
+
+def test_study_configs_take_the_pipeline_settings():
+    from dsg_lens.pipeline import PipelineConfig
+
+    pipeline = PipelineConfig(n=7, p_ratio=80.0, clamp=3.0, batch_size=2, protocol="chat")
+    cfg = EfficiencyConfig.from_pipeline(pipeline, fractions=(1.0,))
+    assert (cfg.n, cfg.p_ratio, cfg.clamp, cfg.batch_size, cfg.protocol, cfg.fractions) == (7, 80.0, 3.0, 2, "chat",
+                                                                                          (1.0,))
+    assert ZeroShotConfig.from_pipeline(pipeline).n == 7
+
+
+def test_runners_pass_the_setup_settings_to_the_studies(planted, tmp_path):
+    from dsg_lens.pipeline import PipelineConfig
+    from dsg_lens.studies import Setup
+    from dsg_lens.studies.runners import run_efficiency, run_relearn, run_zeroshot
+
+    model, sae = planted
+    cfg = PipelineConfig(n=1, p_ratio=90.0, clamp=20.0, batch_size=4, calibration="corpus")
+    setup = Setup(model, sae, texts(90, 12, True), texts(91, 24, False), word_mcqs(92, 4, True),
+                  word_mcqs(93, 4, False), cfg)
+    efficiency = run_efficiency(setup, tmp_path, fractions=(1.0,), progress=False)
+    assert efficiency["rows"][0]["features"] == [5]
+    assert {k: efficiency["params"][k] for k in ("n", "p_ratio", "clamp", "batch_size", "fractions")} == {
+        "n": 1, "p_ratio": 90.0, "clamp": 20.0, "batch_size": 4, "fractions": [1.0]}
+    zeroshot = run_zeroshot(setup, tmp_path, topic_texts=("cat dog fox", "the fox"), n_generic=24, taus=(0.1,),
+                            progress=False)
+    assert zeroshot["features"] == [5] and zeroshot["params"]["taus"] == [0.1]
+    relearn = run_relearn(setup, tmp_path, n_examples=2, steps=1, lr=1e-3, with_rmu=False, progress=False)
+    assert relearn["params"]["eval_batch_size"] == 4 and relearn["params"]["max_len"] == 64  # min(128, n_ctx)
+    assert {p.name for p in tmp_path.iterdir()} == {"efficiency.json", "zeroshot.json", "relearn.json"}
 
 
 def test_cli_parses_compare_and_study_commands():

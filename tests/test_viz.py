@@ -21,7 +21,14 @@ from dsg_lens.viz.figures import ablation_bars, clamp_sweep, curves, latent_scat
 from dsg_lens.viz.html import render_component, safe_json
 from dsg_lens.viz.render import render_figures
 from dsg_lens.viz.style import color
-from dsg_lens.viz.tokens import gate_view, latent_activations, latent_view, latents_view, top_examples, top_examples_view
+from dsg_lens.viz.token_views import (
+    gate_view,
+    latent_activations,
+    latent_view,
+    latents_view,
+    top_examples,
+    top_examples_view,
+)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = [

@@ -1,4 +1,4 @@
-"""WindowGate: the dilution-robust gate (max over sliding windows of real tokens)."""
+"""WindowGate: the causal, dilution-robust gate (fired fraction of the last `window` real tokens)."""
 
 from __future__ import annotations
 
@@ -23,39 +23,24 @@ def test_scores_by_hand():
     real = torch.ones_like(fired)
     real[:, 0] = False  # BOS
     real[1, 4:] = False  # padding: row 1 has 3 real tokens (< window)
-    window = WindowGate(window=4).scores(fired, real)
-    torch.testing.assert_close(window, torch.tensor([3 / 4, 1 / 3]))
+    # row 0: 1/1, 2/2, 3/3 while fewer than 4 real tokens have been seen, then windows of 4 (3/4 first);
+    # row 1: 1/1, 1/2, 1/3, and it never reaches 4 real tokens
+    torch.testing.assert_close(WindowGate(window=4, min_tokens=1).scores(fired, real), torch.tensor([1.0, 1.0]))
+    torch.testing.assert_close(WindowGate(window=4, min_tokens=3).scores(fired, real), torch.tensor([1.0, 1 / 3]))
+    torch.testing.assert_close(WindowGate(window=4, min_tokens=4).scores(fired, real), torch.tensor([3 / 4, -1.0]))
     torch.testing.assert_close(PaperGate().scores(fired, real), torch.tensor([3 / 9, 1 / 3]))
 
 
 def test_special_tokens_inside_a_window_are_skipped():
     fired = torch.tensor([[1, 0, 1, 0, 0, 0]], dtype=torch.bool)
     real = torch.tensor([[1, 0, 1, 1, 1, 1]], dtype=torch.bool)  # a special token between two fired tokens
-    assert float(WindowGate(window=2).scores(fired, real)) == 1.0
+    assert float(WindowGate(window=2, min_tokens=2).scores(fired, real)) == 1.0
 
 
-def test_window_at_least_the_length_equals_the_paper_gate():
+def test_window_at_least_the_length_equals_the_prefix_gate():
     gen = torch.Generator().manual_seed(0)
     fired, real = torch.rand(6, 20, generator=gen) < 0.3, torch.rand(6, 20, generator=gen) < 0.8
-    torch.testing.assert_close(WindowGate(window=20).scores(fired, real), PaperGate().scores(fired, real))
-
-
-@pytest.mark.parametrize("window", [1, 3, 7])
-def test_incremental_update_matches_whole_sequence(window):
-    """KV-cached generation: folding passes into the state trips exactly when some prefix's score > tau."""
-    gen = torch.Generator().manual_seed(window)
-    for _ in range(40):
-        length = int(torch.randint(2, 25, (1,), generator=gen))
-        fired, real = torch.rand(4, length, generator=gen) < 0.4, torch.rand(4, length, generator=gen) < 0.8
-        gate = WindowGate(tau=float(torch.rand(1, generator=gen)) * 0.8, window=window)
-        cuts = [0, *sorted(torch.randint(0, length + 1, (2,), generator=gen).tolist()), length]
-        state = gate.new_state(4, torch.device("cpu"))
-        for start, stop in zip(cuts, cuts[1:]):
-            tripped = gate.update(state, fired[:, start:stop], real[:, start:stop])
-        expected = torch.zeros(4, dtype=torch.bool)
-        for stop in cuts[1:]:
-            expected |= gate.scores(fired[:, :stop], real[:, :stop]) > gate.tau
-        assert torch.equal(tripped, expected)
+    torch.testing.assert_close(WindowGate(window=20).statistic(fired, real), dsg.PrefixGate().statistic(fired, real))
 
 
 def test_bad_window_and_round_trip():
@@ -72,7 +57,8 @@ def test_window_gate_resists_dilution_where_paper_gate_fails(planted, tmp_path):
     calibration, held_out = word_texts(1, 60, n_forget=1), word_texts(2, 60, n_forget=1)
     questions = word_texts(4, 10, n_forget=4)
     diluted = [f"{filler(45)} {q}" for q in questions]
-    paper = dsg.DynamicSAEGuardrail.fit(model, sae, [5], calibration, p_dyn=95, clamp=20.0, progress=False)
+    paper = dsg.DynamicSAEGuardrail.fit(model, sae, [5], calibration, p_dyn=95, clamp=20.0, gate="paper",
+                                        progress=False)
     robust = dsg.DynamicSAEGuardrail.fit(
         model, sae, [5], calibration, p_dyn=95, clamp=20.0, gate=WindowGate(window=8), progress=False
     )
@@ -97,13 +83,11 @@ def test_window_gate_resists_dilution_where_paper_gate_fails(planted, tmp_path):
     assert loaded.gate == robust.gate
 
 
-def test_window_gate_is_calibrated_per_window_not_per_long_text():
-    """tau of the window gate comes from every window of the retain texts, not each text's maximum window:
-    on long retain texts the maximum is biased upward and a short forget question could never exceed it."""
-    gate = WindowGate(window=2)
+def test_calibration_score_is_each_sequences_largest_statistic():
+    """tau at the p-th percentile of these scores switches the guardrail on somewhere in at most (100-p)% of
+    retain sequences of the calibration shape."""
+    gate = WindowGate(window=2, min_tokens=1)
     fired = torch.tensor([[True, False, False, False, True, True], [False, True, False, False, False, False]])
     real = torch.ones_like(fired)
-    # windows of row 0: .5 0 0 .5 1 ; row 1: .5 .5 0 0 0
-    assert sorted(gate.calibration_scores(fired, real).tolist()) == [0, 0, 0, 0, 0, .5, .5, .5, .5, 1]
-    assert gate.scores(fired, real).tolist() == [1.0, 0.5]
+    assert gate.calibration_scores(fired, real).tolist() == [1.0, 0.5]
     assert PaperGate().calibration_scores(fired, real).tolist() == PaperGate().scores(fired, real).tolist()

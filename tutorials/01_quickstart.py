@@ -29,7 +29,7 @@ from dsg_lens.data.loaders import load_embedded_benchmark, load_embedded_corpus
 from dsg_lens.eval.mcq import score_mcq
 from dsg_lens.models import load_embedded_sae, load_model
 from dsg_lens.viz.attribution import latent_attribution, plot_attribution
-from dsg_lens.viz.tokens import gate_view, latents_view
+from dsg_lens.viz.token_views import gate_view, latents_view
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)  # TransformerLens 3.x: HookedTransformer -> 4.0
 torch.set_grad_enabled(False)

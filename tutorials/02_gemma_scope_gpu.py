@@ -33,7 +33,7 @@ from dsg_lens.eval.mcq import filter_base_correct, score_mcq
 from dsg_lens.eval.sweep import run_sweep
 from dsg_lens.models import load_model
 from dsg_lens.viz.render import render_figures
-from dsg_lens.viz.tokens import gate_view, top_examples_view
+from dsg_lens.viz.token_views import gate_view, top_examples_view
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 torch.set_grad_enabled(False)

@@ -10,7 +10,7 @@
 # # Hook composition: a guardrail, an ablation and a cache on one model
 #
 # dsg-lens has one hook mechanism: a `HookSpec` (HookPoint name, function, `order`, `label`), attached scoped with
-# `with dsg.hooks(model, *specs):` or persistently with `dsg.attach(model, *specs)`. The DSG guardrail, static
+# `with dsg.scoped_hooks(model, *specs):` or persistently with `dsg.attach(model, *specs)`. The DSG guardrail, static
 # clamping and latent ablations are all `HookSpec`s, so they stack, and `describe_hooks(model)` shows what is live.
 #
 # This tutorial builds a tiny model in a few seconds (no download): a word-level vocabulary where the "forget"
@@ -93,7 +93,7 @@ print(features.ids, guard)
 # %% [markdown]
 # ## Stack the guardrail with an ablation and a cache
 #
-# Within one `hooks(...)` call, specs on the same HookPoint run by ascending `order` (the guardrail uses 0,
+# Within one `scoped_hooks(...)` call, specs on the same HookPoint run by ascending `order` (the guardrail uses 0,
 # interventions 10, `cache_spec` 100); across calls, the outer (earlier) attachment runs first. So the cache below
 # sees the activation after both the guardrail and the ablation of latent 3.
 
@@ -101,12 +101,12 @@ print(features.ids, guard)
 store: dict = {}
 tokens = model.to_tokens(corpus(3, 2, True) + corpus(4, 2, False), padding_side="right")
 with guard.attached(model):
-    with dsg.hooks(model, iv.zero_ablate(sae, 3), iv.cache_spec(HOOK, store, key="edited")):
+    with dsg.scoped_hooks(model, iv.zero_ablate(sae, 3), iv.cache_spec(HOOK, store, key="edited")):
         print(describe_hooks(model))
         edited_logits = model(tokens)
 print(describe_hooks(model))  # nothing left behind
 
-with dsg.hooks(model, iv.cache_spec(HOOK, store, key="clean")):
+with dsg.scoped_hooks(model, iv.cache_spec(HOOK, store, key="clean")):
     clean_logits = model(tokens)
 changed = (store["edited"] != store["clean"]).any(-1)
 print("positions changed per row (forget, forget, retain, retain):", changed.sum(-1).tolist())
@@ -118,10 +118,10 @@ print("positions changed per row (forget, forget, retain, retain):", changed.sum
 # latent's decoder row. Both are `HookSpec`s too.
 
 # %%
-with dsg.hooks(model, iv.static_clamp(sae, features.ids, 20.0), iv.cache_spec(HOOK, store, key="static")):
+with dsg.scoped_hooks(model, iv.static_clamp(sae, features.ids, 20.0), iv.cache_spec(HOOK, store, key="static")):
     model(tokens)
 print("static clamp changed positions:", (store["static"] != store["clean"]).any(-1).sum(-1).tolist())
-with dsg.hooks(model, iv.steer_latents(sae, 5, 4.0, only_where_active=False)):
+with dsg.scoped_hooks(model, iv.steer_latents(sae, 5, 4.0, only_where_active=False)):
     steered = model(tokens)
 print("steering latent 5 moves the logits by", float((steered - clean_logits).abs().max()))
 

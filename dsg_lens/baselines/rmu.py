@@ -11,7 +11,9 @@ Only blocks up to ``layer`` run (``stop_at_layer``), so a step costs a partial f
 device: tensors follow the model. The WMDP paper's settings for zephyr-7b: layer 7, update layers 5-7, c 6.5,
 alpha 1200, lr 5e-5; for gemma-2-2b (DSG paper): layer 3, c 400, alpha 100, lr 5e-6. ``steering_coef=None`` uses
 ``steering_scale`` x the frozen model's mean residual norm at ``layer`` on the retain texts (norms differ a lot
-between models, so an absolute value does not transfer).
+between models, so an absolute value does not transfer). ``max_len=None`` trains on windows of
+``min(128, n_ctx)`` tokens (so the defaults work on any model); an explicit ``max_len`` above the model's context
+is an error.
 
 :func:`rmu_unlearn` returns a NEW model (a deep copy; the input model is left untouched and used as the frozen
 reference) unless ``inplace=True`` (then a frozen copy is made and the input model is updated).
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -32,9 +34,27 @@ from tqdm.auto import tqdm
 from dsg_lens.tokens import TextsOrTokens, TokenBatch, iter_batches, to_sequences
 
 
+DEFAULT_TRAINING_LEN = 128
+"""Tokens per training window when ``max_len`` is not given (clipped to the model's context)."""
+
+
+def training_window(max_len: int | None, n_ctx: int, default: int = DEFAULT_TRAINING_LEN) -> int:
+    """Tokens per training window: ``max_len`` if given (it must fit the model's context ``n_ctx``), else
+    ``min(default, n_ctx)``. Shared by RMU and the relearning study's fine-tuning."""
+    if max_len is None:
+        return min(default, int(n_ctx))
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+        raise ValueError(f"max_len={max_len!r} must be a positive int (or None for min({default}, n_ctx))")
+    if max_len > n_ctx:
+        raise ValueError(f"max_len={max_len} is longer than the model's context n_ctx={n_ctx}: pass at most "
+                         f"{n_ctx}, or leave max_len=None (= min({default}, n_ctx))")
+    return max_len
+
+
 @dataclass
 class RMUConfig:
-    """RMU settings (module docstring). ``update_layers=None``: ``layer-2 .. layer`` (those that exist)."""
+    """RMU settings (module docstring). ``update_layers=None``: ``layer-2 .. layer`` (those that exist);
+    ``max_len=None``: ``min(128, n_ctx)`` tokens per training window."""
 
     layer: int = 6
     update_layers: tuple[int, ...] | None = None
@@ -44,7 +64,7 @@ class RMUConfig:
     lr: float = 5e-5
     steps: int = 100
     batch_size: int = 4
-    max_len: int = 128
+    max_len: int | None = None
     seed: int = 0
 
     def layers_to_update(self) -> tuple[int, ...]:
@@ -52,7 +72,13 @@ class RMUConfig:
             return tuple(self.update_layers)
         return tuple(range(max(0, self.layer - 2), self.layer + 1))
 
-    def check(self, n_layers: int) -> None:
+    def window_len(self, n_ctx: int) -> int:
+        """Tokens per training window on a model with context ``n_ctx`` (``max_len``, default min(128, n_ctx))."""
+        return training_window(self.max_len, n_ctx)
+
+    def check(self, n_layers: int, n_ctx: int | None = None) -> None:
+        if n_ctx is not None:
+            self.window_len(n_ctx)
         if not 0 <= self.layer < n_layers:
             raise ValueError(f"layer={self.layer} is not a block of this {n_layers}-layer model")
         bad = [i for i in self.layers_to_update() if not 0 <= i <= self.layer]
@@ -64,8 +90,8 @@ class RMUConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
         if self.steering_coef is not None and not self.steering_coef > 0:
             raise ValueError(f"steering_coef={self.steering_coef} must be positive (or None for the automatic value)")
-        if self.steps < 1 or self.batch_size < 1 or self.max_len < 1:
-            raise ValueError("steps, batch_size and max_len must be at least 1")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be at least 1")
 
 
 @dataclass
@@ -127,7 +153,8 @@ def rmu_unlearn(
     cfg = config or RMUConfig()
     if not hasattr(model, "blocks") or not hasattr(model.blocks[0], "mlp"):
         raise ValueError("RMU needs a HookedTransformer-style model (model.blocks[i].mlp)")
-    cfg.check(int(model.cfg.n_layers))
+    cfg.check(int(model.cfg.n_layers), int(model.cfg.n_ctx))
+    cfg = replace(cfg, max_len=cfg.window_len(int(model.cfg.n_ctx)))  # the result records the length used
     frozen = copy.deepcopy(model) if inplace else model
     student = model if inplace else copy.deepcopy(model)
     student.eval()  # no dropout in TransformerLens models; eval keeps it deterministic

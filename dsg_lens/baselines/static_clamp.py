@@ -16,7 +16,7 @@ from pathlib import Path
 from sae_lens import SAE
 from torch import nn
 
-from dsg_lens.hooks import HookSpec, hooks
+from dsg_lens.hooks import HookSpec, scoped_hooks
 from dsg_lens.interventions import static_clamp
 from dsg_lens.sae_view import check_sae_fits_model, sae_hook_name
 from dsg_lens.selection import FeatureSet, as_latent_ids, select_features
@@ -59,7 +59,7 @@ class StaticClamp:
     @contextmanager
     def attached(self, model: nn.Module) -> Iterator[StaticClamp]:
         """Apply the clamp for the ``with`` block (removed on exit, exceptions included)."""
-        with hooks(model, self.hook_spec(model)):
+        with scoped_hooks(model, self.hook_spec(model)):
             yield self
 
     def save(self, path: str | Path) -> None:

@@ -7,14 +7,14 @@ import argparse
 import json
 
 from dsg_lens.commands.baselines import add_rmu_args, add_setup_args, rmu_overrides
-from dsg_lens.commands.pipeline import _config
+from dsg_lens.commands.fit_eval import config_from_args
 
 
 def _run(args: argparse.Namespace) -> None:
     from dsg_lens.studies import runners
     from dsg_lens.studies.common import load_setup
 
-    setup = load_setup(_config(args), device=args.device, progress=not args.quiet)
+    setup = load_setup(config_from_args(args), device=args.device, progress=not args.quiet)
     progress = not args.quiet
     if args.study == "relearn":
         result = runners.run_relearn(setup, args.out, n_examples=args.examples, steps=args.steps, lr=args.lr,
@@ -32,7 +32,7 @@ def _run(args: argparse.Namespace) -> None:
         result = runners.run_zeroshot(setup, args.out, taus=tuple(args.taus), progress=progress)
         summary = {"base": result["base"], "best": result["best"]}
     else:
-        result = runners.run_attacks(setup, args.out, window=args.window, filler_tokens=tuple(args.filler_tokens),
+        result = runners.run_attacks(setup, args.out, window=setup.config.window, filler_tokens=tuple(args.filler_tokens),
                                      turns=tuple(args.turns), progress=progress)
         summary = {"retain": {k: {m: v[m] for m in ("fpr", "retain_acc")} for k, v in result["retain"].items()},
                    "attacks": {a: [{"strength": r["strength"], "base_acc": r["base_acc"], **r["guards"]} for r in rows]
@@ -57,7 +57,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     zeroshot = studies.add_parser("zeroshot", help="selection from a topic description, tau from a grid")
     zeroshot.add_argument("--taus", type=float, nargs="+", default=[0.1, 0.2, 0.4, 0.6, 0.8])
     attacks = studies.add_parser("attacks", help="dilution, split turns, paraphrase: paper gate vs window gate")
-    attacks.add_argument("--window", type=int, default=32)
     attacks.add_argument("--filler-tokens", type=int, nargs="+", default=[0, 32, 128, 512])
     attacks.add_argument("--turns", type=int, nargs="+", default=[1, 2, 3, 4])
     for sub in (relearn, sequential, efficiency, zeroshot, attacks):

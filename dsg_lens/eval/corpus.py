@@ -9,6 +9,7 @@ inside ``with guard.attached(model):``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from dsg_lens.eval.batching import padded_logits
 from dsg_lens.tokens import TextsOrTokens, iter_batches, to_sequences
 
-__all__ = ["CorpusLoss", "corpus_loss", "token_losses"]
+__all__ = ["CorpusLoss", "corpus_loss", "sequences_loss", "token_losses"]
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,17 @@ def token_losses(logits: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "
 def corpus_loss(model: nn.Module, texts: TextsOrTokens, *, batch_size: int = 8, max_len: int | None = None,
                 progress: bool = True) -> CorpusLoss:
     """Mean next-token loss (and perplexity) of ``model`` over ``texts`` (strings or a token tensor [n, pos])."""
-    sequences = to_sequences(model, texts, max_len)
-    n_texts = len(texts)
+    return sequences_loss(model, to_sequences(model, texts, max_len), batch_size=batch_size, progress=progress)
+
+
+def sequences_loss(model: nn.Module, sequences: Sequence[tuple[int, Tensor]], *, batch_size: int = 8,
+                   progress: bool = True) -> CorpusLoss:
+    """:func:`corpus_loss` of sequences already made by :func:`dsg_lens.tokens.to_sequences` (to tokenize once
+    and measure the model several times, e.g. under different hooks)."""
+    if not sequences:
+        raise ValueError("no sequences to score: pass the output of to_sequences")
+    n_texts = max(i for i, _ in sequences) + 1
+    sequences = list(sequences)
     sums = torch.zeros(n_texts, dtype=torch.float64)
     counts = torch.zeros(n_texts, dtype=torch.long)
     with torch.inference_mode(), tqdm(total=len(sequences), desc="corpus loss", disable=not progress) as bar:

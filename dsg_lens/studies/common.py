@@ -1,24 +1,54 @@
-"""What every study shares: the default setup (model, SAE, corpora, base-correct questions), accuracy, fine-tuning
-with a language-modelling loss, and writing ``<name>.json``."""
+"""What every study shares: the default setup (model, SAE, corpora, base-correct questions), the base of the
+studies' config dataclasses, accuracy, fine-tuning with a language-modelling loss, and writing ``<name>.json``."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from sae_lens import SAE
 from torch import nn
 
 from dsg_lens.artifacts import write_json
+from dsg_lens.baselines.rmu import training_window
 from dsg_lens.data.loaders import MCQ
 from dsg_lens.eval.mcq import score_mcq
 from dsg_lens.models import load_model
 from dsg_lens.pipeline import PipelineConfig, base_correct_questions, load_sae, load_texts
 from dsg_lens.tokens import iter_batches, to_sequences
+
+
+C = TypeVar("C", bound="StudyConfig")
+
+
+@dataclass
+class StudyConfig:
+    """Base of each study's settings dataclass (``EfficiencyConfig``, ``RelearnConfig``, ...): a JSON round trip
+    and defaults taken from a :class:`PipelineConfig`. Tuple fields are written as JSON lists and read back as
+    tuples. Run-time arguments (models, texts, ``out_dir``, ``progress``) are not settings and stay arguments."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
+        """Rebuild from :meth:`to_dict`'s output; rejects keys that are not fields (a typo would be ignored)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{cls.__name__} has no settings {unknown}; its settings are {sorted(names)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    @classmethod
+    def from_pipeline(cls: type[C], cfg: PipelineConfig, **overrides: Any) -> C:
+        """Settings named like a :class:`PipelineConfig` field (n, p_ratio, p_dyn, clamp, clamp_scale, protocol,
+        batch_size) taken from ``cfg``; the rest from ``overrides`` or the defaults."""
+        shared = {f.name: getattr(cfg, f.name) for f in fields(cls) if hasattr(cfg, f.name)}
+        return cls(**{**shared, **overrides})
 
 
 @dataclass
@@ -50,15 +80,17 @@ def accuracy(model: nn.Module, questions: Sequence[MCQ], protocol: str = "comple
 
 
 def lm_fine_tune(
-    model: nn.Module, texts: Sequence[str], *, steps: int, lr: float, batch_size: int = 4, max_len: int = 128,
-    seed: int = 0, after_step: Callable[[int, nn.Module, float], None] | None = None,
+    model: nn.Module, texts: Sequence[str], *, steps: int, lr: float, batch_size: int = 4,
+    max_len: int | None = None, seed: int = 0, after_step: Callable[[int, nn.Module, float], None] | None = None,
 ) -> nn.Module:
     """A deep copy of ``model`` fine-tuned on ``texts`` (next-token loss on real tokens, AdamW, all weights),
-    cycling through the texts in a seeded order; ``after_step(step, model, loss)`` is called after each step."""
+    cycling through the texts in a seeded order; ``after_step(step, model, loss)`` is called after each step.
+    Texts are cut into windows of ``max_len`` tokens (None: min(128, n_ctx); more than n_ctx is an error)."""
     if steps < 0 or lr <= 0 or batch_size < 1:
         raise ValueError("fine-tuning needs steps >= 0, lr > 0 and batch_size >= 1")
+    window = training_window(max_len, int(model.cfg.n_ctx))
     tuned = copy.deepcopy(model).eval()
-    sequences = to_sequences(tuned, list(texts), max_len)
+    sequences = to_sequences(tuned, list(texts), window)
     order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(seed)).tolist()
     optimizer = torch.optim.AdamW([p for p in tuned.parameters() if p.requires_grad], lr=lr)
     for step in range(1, steps + 1):

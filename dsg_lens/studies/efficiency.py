@@ -9,12 +9,13 @@ Schema (``efficiency.json``)::
 
     {"base": {"forget_acc", "retain_acc"},
      "rows": [{"fraction", "n_texts", "forget_acc", "retain_acc", "tau", "features", "jaccard_vs_largest"}],
-     "params": {...}}
+     "params": {EfficiencyConfig fields, "n_forget_texts"}}
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from dsg_lens.data.loaders import MCQ
 from dsg_lens.guardrail import DynamicSAEGuardrail
 from dsg_lens.selection import select_features
 from dsg_lens.stats import collect_latent_stats
-from dsg_lens.studies.common import accuracy, save_result
+from dsg_lens.studies.common import StudyConfig, accuracy, save_result
 
 
 def subset(texts: Sequence[str], fraction: float, seed: int = 0) -> list[str]:
@@ -39,6 +40,31 @@ def subset(texts: Sequence[str], fraction: float, seed: int = 0) -> list[str]:
     return [texts[i] for i in sorted(order[:k])]
 
 
+@dataclass
+class EfficiencyConfig(StudyConfig):
+    """Settings of :func:`efficiency_study`: the ``fractions`` of the forget corpus, the DSG fit (``n``,
+    ``p_ratio``, ``p_dyn``, ``clamp``, ``clamp_scale``), the subset ``seed``, and the evaluation (``protocol``,
+    ``batch_size``)."""
+
+    fractions: tuple[float, ...] = (0.01, 0.05, 0.2, 1.0)
+    n: int = 20
+    p_ratio: float | int = 95.0
+    p_dyn: float | int = 95.0
+    clamp: float | int = 500.0
+    clamp_scale: float | int | None = None
+    seed: int = 0
+    protocol: str = "completion"
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        self.fractions = tuple(self.fractions)
+        if not self.fractions:
+            raise ValueError("pass at least one fraction")
+        for fraction in self.fractions:
+            if not 0 < fraction <= 1:
+                raise ValueError(f"fraction={fraction} must be in (0, 1]")
+
+
 def efficiency_study(
     model: nn.Module,
     sae: SAE,
@@ -46,33 +72,25 @@ def efficiency_study(
     retain_texts: Sequence[str],
     forget_questions: Sequence[MCQ],
     retain_questions: Sequence[MCQ],
+    config: EfficiencyConfig | None = None,
     *,
-    fractions: Sequence[float] = (0.01, 0.05, 0.2, 1.0),
-    n: int = 20,
-    p_ratio: float | int = 95.0,
-    p_dyn: float | int = 95.0,
-    clamp: float | int = 500.0,
-    clamp_scale: float | int | None = None,
-    seed: int = 0,
-    protocol: str = "completion",
-    batch_size: int = 8,
     out_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """One guardrail per fraction of the forget corpus (module docstring for the schema)."""
-    if not fractions:
-        raise ValueError("pass at least one fraction")
+    cfg = config or EfficiencyConfig()
+    batch_size, protocol = cfg.batch_size, cfg.protocol
     retain_stats = collect_latent_stats(model, sae, list(retain_texts), batch_size=batch_size, progress=False)
     base = {"forget_acc": accuracy(model, forget_questions, protocol, batch_size),
             "retain_acc": accuracy(model, retain_questions, protocol, batch_size)}
     rows: list[dict[str, Any]] = []
     reference: set[int] | None = None
-    for fraction in tqdm(sorted(fractions, reverse=True), desc="efficiency", disable=not progress):
-        chosen = subset(forget_texts, fraction, seed)
+    for fraction in tqdm(sorted(cfg.fractions, reverse=True), desc="efficiency", disable=not progress):
+        chosen = subset(forget_texts, fraction, cfg.seed)
         stats = collect_latent_stats(model, sae, chosen, batch_size=batch_size, progress=False)
-        features = select_features(stats, retain_stats, n=n, p_ratio=p_ratio)
-        guard = DynamicSAEGuardrail.fit(model, sae, features, list(retain_texts), p_dyn=p_dyn, clamp=clamp,
-                                        clamp_scale=clamp_scale, batch_size=batch_size, progress=False)
+        features = select_features(stats, retain_stats, n=cfg.n, p_ratio=cfg.p_ratio)
+        guard = DynamicSAEGuardrail.fit(model, sae, features, list(retain_texts), p_dyn=cfg.p_dyn, clamp=cfg.clamp,
+                                        clamp_scale=cfg.clamp_scale, batch_size=batch_size, progress=False)
         with guard.attached(model):
             metrics = {"forget_acc": accuracy(model, forget_questions, protocol, batch_size),
                        "retain_acc": accuracy(model, retain_questions, protocol, batch_size)}
@@ -80,7 +98,5 @@ def efficiency_study(
         reference = ids if reference is None else reference
         rows.append({"fraction": fraction, "n_texts": len(chosen), **metrics, "tau": guard.gate.tau,
                      "features": guard.latent_ids, "jaccard_vs_largest": len(ids & reference) / len(ids | reference)})
-    result = {"base": base, "rows": rows,
-              "params": {"n": n, "p_ratio": p_ratio, "p_dyn": p_dyn, "clamp": clamp, "clamp_scale": clamp_scale,
-                         "seed": seed, "protocol": protocol, "n_forget_texts": len(forget_texts)}}
+    result = {"base": base, "rows": rows, "params": {**cfg.to_dict(), "n_forget_texts": len(forget_texts)}}
     return save_result(result, out_dir, "efficiency")

@@ -18,10 +18,10 @@ from dsg_lens.pipeline import fit_guardrail
 from dsg_lens.sae_view import hook_layer, sae_hook_name
 from dsg_lens.studies.attacks import PARAPHRASES, attack_study, default_attacks
 from dsg_lens.studies.common import Setup, save_result
-from dsg_lens.studies.efficiency import efficiency_study
-from dsg_lens.studies.relearn import relearn_study
-from dsg_lens.studies.sequential import embedded_topics, sequential_study
-from dsg_lens.studies.zeroshot import ANIMAL_TOPIC, zeroshot_study
+from dsg_lens.studies.efficiency import EfficiencyConfig, efficiency_study
+from dsg_lens.studies.relearn import RelearnConfig, relearn_study
+from dsg_lens.studies.sequential import SequentialConfig, embedded_topics, sequential_study
+from dsg_lens.studies.zeroshot import ANIMAL_TOPIC, ZeroShotConfig, zeroshot_study
 
 
 def default_rmu(setup: Setup, **overrides: Any) -> RMUConfig:
@@ -56,9 +56,10 @@ def run_relearn(setup: Setup, out_dir: str | Path, *, n_examples: int = 8, steps
     if with_rmu:
         rmu_model = rmu_unlearn(setup.model, setup.forget_texts, setup.retain_texts, rmu or default_rmu(setup),
                                 progress=progress).model
-    return relearn_study(setup.model, guard, setup.forget_texts[:n_examples], setup.forget_questions,
-                         rmu_model=rmu_model, steps=steps, lr=lr, protocol=setup.config.protocol,
-                         eval_batch_size=setup.config.batch_size, out_dir=out_dir, progress=progress)
+    config = RelearnConfig(steps=steps, lr=lr, protocol=setup.config.protocol,
+                           eval_batch_size=setup.config.batch_size)
+    return relearn_study(setup.model, guard, setup.forget_texts[:n_examples], setup.forget_questions, config,
+                         rmu_model=rmu_model, out_dir=out_dir, progress=progress)
 
 
 def run_sequential(setup: Setup, out_dir: str | Path, *,
@@ -67,30 +68,25 @@ def run_sequential(setup: Setup, out_dir: str | Path, *,
     """Sequential unlearning of WordNet domains (embedded benchmark), base-correct questions only."""
     keep = [q.id for q in setup.forget_questions + setup.retain_questions]
     topic_list, retain_texts, retain_q = embedded_topics(topics, max_questions=max_questions, keep=keep)
-    cfg = setup.config
-    return sequential_study(setup.model, setup.sae, topic_list, retain_texts, retain_q, n=cfg.n, p_ratio=cfg.p_ratio,
-                            p_dyn=cfg.p_dyn, clamp=cfg.clamp, clamp_scale=cfg.clamp_scale, protocol=cfg.protocol,
-                            batch_size=cfg.batch_size, out_dir=out_dir, progress=progress)
+    return sequential_study(setup.model, setup.sae, topic_list, retain_texts, retain_q,
+                            SequentialConfig.from_pipeline(setup.config), out_dir=out_dir, progress=progress)
 
 
 def run_efficiency(setup: Setup, out_dir: str | Path, *, fractions: tuple[float, ...] = (0.01, 0.05, 0.2, 1.0),
                    progress: bool = True) -> dict[str, Any]:
-    cfg = setup.config
+    """Selection from growing fractions of the forget corpus (the setup's fit and evaluation settings)."""
     return efficiency_study(setup.model, setup.sae, setup.forget_texts, setup.retain_texts, setup.forget_questions,
-                            setup.retain_questions, fractions=fractions, n=cfg.n, p_ratio=cfg.p_ratio,
-                            p_dyn=cfg.p_dyn, clamp=cfg.clamp, clamp_scale=cfg.clamp_scale, protocol=cfg.protocol,
-                            batch_size=cfg.batch_size, out_dir=out_dir, progress=progress)
+                            setup.retain_questions, EfficiencyConfig.from_pipeline(setup.config, fractions=fractions),
+                            out_dir=out_dir, progress=progress)
 
 
 def run_zeroshot(setup: Setup, out_dir: str | Path, *, topic_texts: tuple[str, ...] = ANIMAL_TOPIC,
                  n_generic: int = 100, taus: tuple[float, ...] = (0.1, 0.2, 0.4, 0.6, 0.8),
                  progress: bool = True) -> dict[str, Any]:
     """Zero-shot selection from ``topic_texts`` vs the first ``n_generic`` retain-corpus texts."""
-    cfg = setup.config
     return zeroshot_study(setup.model, setup.sae, topic_texts, setup.retain_texts[:n_generic],
-                          setup.forget_questions, setup.retain_questions, taus=taus, n=cfg.n, p_ratio=cfg.p_ratio,
-                          clamp=cfg.clamp, protocol=cfg.protocol, batch_size=cfg.batch_size, out_dir=out_dir,
-                          progress=progress)
+                          setup.forget_questions, setup.retain_questions,
+                          ZeroShotConfig.from_pipeline(setup.config, taus=taus), out_dir=out_dir, progress=progress)
 
 
 def run_attacks(setup: Setup, out_dir: str | Path, *, window: int = 32,

@@ -14,7 +14,7 @@ Schema (``sequential.json``)::
 
     {"topics": [names], "steps": [{"step", "added" (topic name or null), "retain_acc",
                                    "forget_acc": {topic: acc}, "features": [ids] | null, "tau": float | null}],
-     "params": {...}}
+     "params": {SequentialConfig fields, "gate", "n_retain_questions", "n_questions"}}
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from dsg_lens.gate import Gate
 from dsg_lens.guardrail import DynamicSAEGuardrail
 from dsg_lens.selection import select_features
 from dsg_lens.stats import collect_latent_stats
-from dsg_lens.studies.common import accuracy, save_result
+from dsg_lens.studies.common import StudyConfig, accuracy, save_result
 
 
 @dataclass
@@ -93,27 +93,38 @@ def embedded_topics(
     return out, retain_texts, retain_questions[: max_questions * 2] if max_questions else retain_questions
 
 
+@dataclass
+class SequentialConfig(StudyConfig):
+    """Settings of :func:`sequential_study`: each topic's DSG fit (``n``, ``p_ratio``, ``p_dyn``, ``clamp``,
+    ``clamp_scale``) and the evaluation (``protocol``, ``batch_size``). The gate (an object) is an argument."""
+
+    n: int = 20
+    p_ratio: float | int = 95.0
+    p_dyn: float | int = 95.0
+    clamp: float | int = 500.0
+    clamp_scale: float | int | None = None
+    protocol: str = "completion"
+    batch_size: int = 8
+
+
 def sequential_study(
     model: nn.Module,
     sae: SAE,
     topics: Sequence[Topic],
     retain_texts: Sequence[str],
     retain_questions: Sequence[MCQ],
+    config: SequentialConfig | None = None,
     *,
-    n: int = 20,
-    p_ratio: float | int = 95.0,
-    p_dyn: float | int = 95.0,
-    clamp: float | int = 500.0,
-    clamp_scale: float | int | None = None,
     gate: Gate | None = None,
-    protocol: str = "completion",
-    batch_size: int = 8,
     out_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Add one guardrail per topic, in order (module docstring for the schema)."""
+    """Add one guardrail per topic, in order (module docstring for the schema); ``gate``: the gate of every
+    guardrail (default: the paper's)."""
     if not topics:
         raise ValueError("pass at least one topic")
+    cfg = config or SequentialConfig()
+    batch_size, protocol = cfg.batch_size, cfg.protocol
     retain_stats = collect_latent_stats(model, sae, list(retain_texts), batch_size=batch_size, progress=False)
 
     def measure(step: int, added: str | None, guard: DynamicSAEGuardrail | None) -> dict[str, Any]:
@@ -125,9 +136,9 @@ def sequential_study(
     guards = []
     for topic in topics:
         stats = collect_latent_stats(model, sae, topic.texts, batch_size=batch_size, progress=False)
-        features = select_features(stats, retain_stats, n=n, p_ratio=p_ratio)
-        guard = DynamicSAEGuardrail.fit(model, sae, features, list(retain_texts), p_dyn=p_dyn, clamp=clamp,
-                                        clamp_scale=clamp_scale, gate=gate, batch_size=batch_size, progress=False)
+        features = select_features(stats, retain_stats, n=cfg.n, p_ratio=cfg.p_ratio)
+        guard = DynamicSAEGuardrail.fit(model, sae, features, list(retain_texts), p_dyn=cfg.p_dyn, clamp=cfg.clamp,
+                                        clamp_scale=cfg.clamp_scale, gate=gate, batch_size=batch_size, progress=False)
         guard.label = f"dsg-{topic.name}"
         guards.append(guard)
     steps = [measure(0, None, None)]
@@ -136,8 +147,7 @@ def sequential_study(
             stack.callback(guard.attach(model).remove)
             steps.append(measure(k, topic.name, guard))
     result = {"topics": [t.name for t in topics], "steps": steps,
-              "params": {"n": n, "p_ratio": p_ratio, "p_dyn": p_dyn, "clamp": clamp, "clamp_scale": clamp_scale,
-                         "gate": (gate.to_dict() if gate is not None else {"kind": "paper"}), "protocol": protocol,
+              "params": {**cfg.to_dict(), "gate": (gate.to_dict() if gate is not None else {"kind": "paper"}),
                          "n_retain_questions": len(retain_questions),
                          "n_questions": {t.name: len(t.questions) for t in topics}}}
     return save_result(result, out_dir, "sequential")

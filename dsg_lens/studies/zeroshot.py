@@ -9,12 +9,14 @@ base model's (the paper's selection rule; null if none does).
 Schema (``zeroshot.json``)::
 
     {"features": [ids], "base": {"forget_acc", "retain_acc"},
-     "rows": [{"tau", "forget_acc", "retain_acc", "tpr", "fpr"}], "best": row | null, "params": {...}}
+     "rows": [{"tau", "forget_acc", "retain_acc", "tpr", "fpr"}], "best": row | null,
+     "params": {ZeroShotConfig fields, "n_topic_texts", "n_generic_texts"}}
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from dsg_lens.guardrail import DynamicSAEGuardrail
 from dsg_lens.pipeline import question_texts
 from dsg_lens.selection import FeatureSet, select_features
 from dsg_lens.stats import collect_latent_stats
-from dsg_lens.studies.common import accuracy, save_result
+from dsg_lens.studies.common import StudyConfig, accuracy, save_result
 
 ANIMAL_TOPIC = (
     "Animals: mammals, birds, fish, reptiles, amphibians, insects and other living creatures.",
@@ -51,6 +53,24 @@ def zero_shot_features(model: nn.Module, sae: SAE, topic_texts: Sequence[str], g
     return select_features(topic, generic, n=n, p_ratio=p_ratio)
 
 
+@dataclass
+class ZeroShotConfig(StudyConfig):
+    """Settings of :func:`zeroshot_study`: the ``taus`` grid, the selection (``n``, ``p_ratio``), the ``clamp``
+    and the evaluation (``protocol``, ``batch_size``)."""
+
+    taus: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    n: int = 20
+    p_ratio: float | int = 95.0
+    clamp: float | int = 500.0
+    protocol: str = "completion"
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        self.taus = tuple(self.taus)
+        if not self.taus or any(not 0 <= t <= 1 for t in self.taus):
+            raise ValueError(f"taus {list(self.taus)} must be a non-empty list of fractions in [0, 1]")
+
+
 def zeroshot_study(
     model: nn.Module,
     sae: SAE,
@@ -58,27 +78,22 @@ def zeroshot_study(
     generic_texts: Sequence[str],
     forget_questions: Sequence[MCQ],
     retain_questions: Sequence[MCQ],
+    config: ZeroShotConfig | None = None,
     *,
-    taus: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
-    n: int = 20,
-    p_ratio: float | int = 95.0,
-    clamp: float | int = 500.0,
-    protocol: str = "completion",
-    batch_size: int = 8,
     out_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Zero-shot guardrails over a tau grid (module docstring for the schema)."""
-    if not taus or any(not 0 <= t <= 1 for t in taus):
-        raise ValueError(f"taus {list(taus)} must be a non-empty list of fractions in [0, 1]")
-    features = zero_shot_features(model, sae, topic_texts, generic_texts, n=n, p_ratio=p_ratio,
+    cfg = config or ZeroShotConfig()
+    batch_size, protocol = cfg.batch_size, cfg.protocol
+    features = zero_shot_features(model, sae, topic_texts, generic_texts, n=cfg.n, p_ratio=cfg.p_ratio,
                                   batch_size=batch_size)
     base = {"forget_acc": accuracy(model, forget_questions, protocol, batch_size),
             "retain_acc": accuracy(model, retain_questions, protocol, batch_size)}
     f_texts, r_texts = question_texts(list(forget_questions), protocol), question_texts(list(retain_questions), protocol)
     rows = []
-    for tau in tqdm(sorted(taus), desc="zero-shot", disable=not progress):
-        guard = DynamicSAEGuardrail(sae, features, PaperGate(tau), clamp=clamp)
+    for tau in tqdm(sorted(cfg.taus), desc="zero-shot", disable=not progress):
+        guard = DynamicSAEGuardrail(sae, features, PaperGate(tau), clamp=cfg.clamp)
         with guard.attached(model):
             metrics = {"forget_acc": accuracy(model, forget_questions, protocol, batch_size),
                        "retain_acc": accuracy(model, retain_questions, protocol, batch_size)}
@@ -87,6 +102,5 @@ def zeroshot_study(
     kept = [r for r in rows if r["retain_acc"] >= 0.99 * base["retain_acc"]]
     best = min(kept, key=lambda r: (r["forget_acc"], -r["retain_acc"])) if kept else None
     result = {"features": features.ids, "base": base, "rows": rows, "best": best,
-              "params": {"n": n, "p_ratio": p_ratio, "clamp": clamp, "protocol": protocol,
-                         "n_topic_texts": len(topic_texts), "n_generic_texts": len(generic_texts)}}
+              "params": {**cfg.to_dict(), "n_topic_texts": len(topic_texts), "n_generic_texts": len(generic_texts)}}
     return save_result(result, out_dir, "zeroshot")

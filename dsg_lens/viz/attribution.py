@@ -4,7 +4,8 @@ At the SAE's hook point the residual is rewritten as ``decode(a) + error.detach(
 differentiable leaf (same value as before: the reconstruction error is kept), then
 ``attribution[pos, j] = a[pos, j] * d metric / d a[pos, j]``: the first-order estimate of
 ``metric(clean) - metric(latent j removed at pos)``. :func:`ablation_effects` measures the exact effect of removing
-a latent at every token (``resid - a_j W_dec[j]``), so :func:`attribution_check` can compare both.
+a latent at every token (latent j set to 0 through the SAE's adapter, the error term kept: ``resid - a_j W_dec[j]``
+for plain SAEs), so :func:`attribution_check` can compare both.
 With ``guard=`` the guardrail is attached after the leaf hook: attributions are those of the guarded model.
 """
 
@@ -22,8 +23,9 @@ from sae_lens import SAE
 from torch import Tensor, nn
 
 from dsg_lens.guardrail import DynamicSAEGuardrail
-from dsg_lens.hooks import HookSpec, hooks, resolve_hook_name
-from dsg_lens.sae_view import SelectedLatents, check_sae_fits_model
+from dsg_lens.hooks import HookSpec, scoped_hooks, resolve_hook_name
+from dsg_lens.sae_adapters import SAEAdapter, adapter_for
+from dsg_lens.sae_view import check_sae_fits_model
 from dsg_lens.tokens import iter_batches, to_sequences
 from dsg_lens.viz.html import OfflineHTML, render_component
 from dsg_lens.viz.style import color, figure_paths, styled_figure
@@ -81,7 +83,7 @@ def _inputs(model: nn.Module, sae: SAE, text: str, answer: str | int | None, met
 def _edited(model: nn.Module, spec: HookSpec, guard: DynamicSAEGuardrail | None) -> Iterator[None]:
     """``spec`` attached first, then the guardrail (if any), so the guardrail sees the edited residual."""
     with ExitStack() as stack:
-        stack.enter_context(hooks(model, spec))
+        stack.enter_context(scoped_hooks(model, spec))
         if guard is not None:
             stack.enter_context(guard.attached(model))
         yield
@@ -98,9 +100,9 @@ def latent_attribution(
     def leaf_hook(resid: Float[Tensor, "batch pos d"], hook: Any) -> Float[Tensor, "batch pos d"]:
         x = resid.to(sae.W_dec.device, sae.W_dec.dtype)
         acts = sae.encode(x).detach().requires_grad_(True)
-        error = (x - sae.decode(acts)).detach()
+        recons = sae.decode(acts)  # ONE decode per encode: SAEs with run-time normalisation consume its state
         store["acts"] = acts
-        return (sae.decode(acts) + error).to(resid.device, resid.dtype)
+        return (recons + (x - recons).detach()).to(resid.device, resid.dtype)
 
     with torch.enable_grad(), _edited(model, HookSpec(name, leaf_hook, label="attribution-leaf"), guard):
         value = metric(model(tokens))
@@ -114,7 +116,7 @@ def ablation_effects(
     metric: Metric | None = None, guard: DynamicSAEGuardrail | None = None, hook_name: str | None = None,
 ) -> Float[Tensor, " n"]:
     """Exact ``metric(clean) - metric(latent removed at every token)`` per latent in ``latent_ids`` (one forward
-    pass each; the removal is ``resid - a_j W_dec[j]``, the error term kept)."""
+    pass each; the removal sets the latent to 0 through the SAE's adapter, the error term kept)."""
     tokens, metric, name = _inputs(model, sae, text, answer, metric, hook_name)
     with torch.no_grad():
         if guard is None:
@@ -124,12 +126,12 @@ def ablation_effects(
                 clean = float(metric(model(tokens)))
         effects = []
         for latent in latent_ids:
-            view = SelectedLatents(sae, [latent], device=model.cfg.device)
+            adapter = adapter_for(sae, [latent], device=model.cfg.device)
 
-            def remove(resid: Float[Tensor, "batch pos d"], hook: Any, view: SelectedLatents = view
+            def remove(resid: Float[Tensor, "batch pos d"], hook: Any, adapter: SAEAdapter = adapter
                        ) -> Float[Tensor, "batch pos d"]:
-                acts = view.encode(resid)
-                return (resid.to(view.sae_dtype) + view.delta(torch.zeros_like(acts), acts)).to(resid.dtype)
+                acts = adapter.encode(resid)
+                return adapter.edit(resid, acts, torch.zeros_like(acts), (acts != 0).any(-1))
 
             with _edited(model, HookSpec(name, remove, label=f"remove-latent-{latent}"), guard):
                 effects.append(clean - float(metric(model(tokens))))

@@ -7,26 +7,29 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from dsg_lens.pipeline import PipelineConfig
+from dsg_lens.eval.mcq import PROTOCOLS
+from dsg_lens.gate import GATES
+from dsg_lens.pipeline import CALIBRATION_SOURCES, PipelineConfig
 
 DEMO_MAX_QUESTIONS = 300
 """The demo evaluates the first 300 base-correct questions of each side (keeps it under 15 min on 2 CPU cores)."""
 
 
 _TYPES = {"int": int, "float": float, "str": str}
+CHOICES = {"gate": sorted(GATES), "calibration": list(CALIBRATION_SOURCES), "protocol": list(PROTOCOLS)}
 
 
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
+def add_config_args(parser: argparse.ArgumentParser) -> None:
     defaults = PipelineConfig()
     for field in fields(PipelineConfig):
         default = getattr(defaults, field.name)
         kind = _TYPES[str(field.type).split(" | ")[0]]
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=default,
-                            help=f"(default: {default})")
+                            choices=CHOICES.get(field.name), help=f"(default: {default})")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _config(args: argparse.Namespace) -> PipelineConfig:
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     return PipelineConfig(**{f.name: getattr(args, f.name) for f in fields(PipelineConfig)})
 
 
@@ -41,14 +44,14 @@ def _load(cfg: PipelineConfig):
 def _demo(args: argparse.Namespace) -> None:
     from dsg_lens.demo import run_demo
 
-    report = run_demo(args.out, _config(args), progress=not args.quiet)
+    report = run_demo(args.out, config_from_args(args), progress=not args.quiet)
     print(json.dumps({k: report[k] for k in ("base", "dsg", "timing_s")}, indent=2))
 
 
 def _fit(args: argparse.Namespace) -> None:
     from dsg_lens.pipeline import fit_guardrail, load_texts
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     model, sae = _load(cfg)
     fitted = fit_guardrail(model, sae, load_texts(cfg.forget_corpus), load_texts(cfg.retain_corpus), cfg,
                            progress=not args.quiet)
@@ -60,7 +63,7 @@ def _eval(args: argparse.Namespace) -> None:
     from dsg_lens.guardrail import DynamicSAEGuardrail
     from dsg_lens.pipeline import base_correct_questions, evaluate_questions
 
-    cfg = _config(args)
+    cfg = config_from_args(args)
     model, sae = _load(cfg)
     forget_q, retain_q = base_correct_questions(model, cfg, progress=not args.quiet)
     if args.guardrail:
@@ -76,7 +79,7 @@ def _eval(args: argparse.Namespace) -> None:
 def _sweep(args: argparse.Namespace) -> None:
     from dsg_lens.demo import sweep_embedded
 
-    result = sweep_embedded(_config(args), args.out, n_values=args.n_values, clamp_values=args.clamp_values,
+    result = sweep_embedded(config_from_args(args), args.out, n_values=args.n_values, clamp_values=args.clamp_values,
                             p_ratio_values=args.p_ratio_values, p_dyn_values=args.p_dyn_values,
                             relative=args.relative, progress=not args.quiet)
     print(json.dumps({"score": result.score(), "pareto": result.pareto()}, indent=2))
@@ -84,23 +87,23 @@ def _sweep(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser("demo", help="whole pipeline offline on the embedded default: report + figures")
-    _add_config_args(demo)
+    add_config_args(demo)
     demo.add_argument("--out", default="dsg_out")
     demo.set_defaults(func=_demo, max_questions=DEMO_MAX_QUESTIONS)
 
     fit = subparsers.add_parser("fit", help="statistics, selection and calibration; writes a guardrail folder")
-    _add_config_args(fit)
+    add_config_args(fit)
     fit.add_argument("--out", required=True, help="guardrail folder to write")
     fit.set_defaults(func=_fit)
 
     evaluate = subparsers.add_parser("eval", help="forget/retain accuracy of the base model or with a guardrail")
-    _add_config_args(evaluate)
+    add_config_args(evaluate)
     evaluate.add_argument("--guardrail", default=None, help="guardrail folder (omit for the base model)")
     evaluate.add_argument("--out", default="dsg_out/eval.json")
     evaluate.set_defaults(func=_eval)
 
     sweep = subparsers.add_parser("sweep", help="sweep N, clamp, p_ratio, p_dyn; table + Pareto front + score")
-    _add_config_args(sweep)
+    add_config_args(sweep)
     sweep.add_argument("--n-values", type=int, nargs="+", default=[10, 20, 40])
     sweep.add_argument("--clamp-values", type=float, nargs="+", default=[50.0, 200.0, 500.0])
     sweep.add_argument("--p-ratio-values", type=float, nargs="+", default=[95.0])

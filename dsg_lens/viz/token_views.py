@@ -17,7 +17,8 @@ from sae_lens import SAE
 from torch import Tensor, nn
 
 from dsg_lens.guardrail import DynamicSAEGuardrail
-from dsg_lens.sae_view import SelectedLatents, check_sae_fits_model
+from dsg_lens.sae_adapters import adapter_for
+from dsg_lens.sae_view import check_sae_fits_model
 from dsg_lens.stats import hook_activations
 from dsg_lens.tokens import TextsOrTokens, iter_batches, to_sequences
 from dsg_lens.viz.html import OfflineHTML, render_component
@@ -45,9 +46,9 @@ def latent_activations(
     if len(sequences) > 1:
         raise ValueError(f"the text is longer than the model's context ({model.cfg.n_ctx} tokens): pass a shorter text")
     batch = next(iter_batches(model, sequences, 1))
-    view = SelectedLatents(sae, latent_ids, device=model.cfg.device)
+    adapter = adapter_for(sae, latent_ids, device=model.cfg.device)
     with torch.no_grad():
-        acts = view.encode(hook_activations(model, hook_name, batch.tokens))[0].float()
+        acts = adapter.encode(hook_activations(model, hook_name, batch.tokens))[0].float()
     real = batch.real[0]
     return TokenActivations(
         tokens=list(model.to_str_tokens(batch.tokens[0])),
@@ -125,14 +126,14 @@ def top_examples(
     if k < 1 or window < 1:
         raise ValueError(f"k={k} and window={window} must be >= 1")
     hook_name = check_sae_fits_model(model, sae)
-    view = SelectedLatents(sae, latent_ids, device=model.cfg.device)
+    adapter = adapter_for(sae, latent_ids, device=model.cfg.device)
     sequences = to_sequences(model, texts, max_len)
-    best: list[list[TopExample]] = [[] for _ in range(view.n)]
+    best: list[list[TopExample]] = [[] for _ in range(adapter.n)]
     for batch in iter_batches(model, sequences, batch_size):
         with torch.no_grad():
-            acts = (view.encode(hook_activations(model, hook_name, batch.tokens)) * batch.real[..., None]).float()
+            acts = (adapter.encode(hook_activations(model, hook_name, batch.tokens)) * batch.real[..., None]).float()
         peak, where = acts.max(dim=1)  # [batch, n]
-        for rows, latent in zip(peak.topk(min(k, peak.shape[0]), dim=0).indices.T.tolist(), range(view.n)):
+        for rows, latent in zip(peak.topk(min(k, peak.shape[0]), dim=0).indices.T.tolist(), range(adapter.n)):
             for row in rows:
                 value = float(peak[row, latent])
                 if value <= 0:
