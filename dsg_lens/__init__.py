@@ -27,7 +27,8 @@ from dsg_lens.interventions import (
 from dsg_lens.real_tokens import RealTokenRule
 from dsg_lens.sae_adapters import adapter_for, reference_edit
 from dsg_lens.selection import FeatureSet, select_dsg, select_farrell, select_features
-from dsg_lens.stats import LatentStats, collect_latent_stats, hook_activations
+from dsg_lens.activations import hook_activations
+from dsg_lens.stats import LatentStats, collect_latent_stats
 from dsg_lens.tokens import chunk_corpus
 from dsg_lens.tracking import token_tracker
 

@@ -28,6 +28,7 @@ from sae_lens import (
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from dsg_lens.activations import hook_activations
 from dsg_lens.real_tokens import RealTokenRule
 from dsg_lens.sae_view import hook_layer, sae_hook_name
 from dsg_lens.tokens import chunk_corpus
@@ -241,7 +242,6 @@ def measure_sae_quality(
     (three full forward passes per batch: ``ce_loss=False`` skips them).
     """
     hook_name = sae_hook_name(sae)
-    layer = hook_layer(hook_name)
     chunks = chunk_corpus(model, texts, chunk_len=context_size, max_chunks=max(1, max_tokens // context_size))
     rule = RealTokenRule.for_model(model)
     device, dtype = sae.W_dec.device, sae.W_dec.dtype
@@ -253,8 +253,7 @@ def measure_sae_quality(
         tokens = chunks[start : start + batch_size].to(model.cfg.device)
         clean: Bool[Tensor, "b pos"] = rule.mask(tokens, torch.ones_like(tokens, dtype=torch.bool))
         clean[:, :first_position] = False
-        _, cache = model.run_with_cache(tokens, names_filter=hook_name, stop_at_layer=layer + 1)
-        acts = cache[hook_name].to(device=device, dtype=dtype)
+        acts = hook_activations(model, hook_name, tokens).to(device=device, dtype=dtype)
         feats = sae.encode(acts)
         recon = sae.decode(feats)
         mask = clean.to(device)

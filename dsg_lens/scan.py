@@ -14,12 +14,11 @@ import torch
 from jaxtyping import Bool, Float
 from sae_lens import SAE
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from dsg_lens.sae_adapters import adapter_for
 from dsg_lens.sae_view import check_sae_fits_model
-from dsg_lens.stats import hook_activations
-from dsg_lens.tokens import TextsOrTokens, iter_batches, n_batches, to_sequences
+from dsg_lens.activations import iter_activations
+from dsg_lens.tokens import TextsOrTokens, to_sequences
 
 
 @dataclass
@@ -63,13 +62,10 @@ def scan_first_rank(
     sequences = to_sequences(model, texts, max_len)
     pieces: dict[int, list[tuple[int, Tensor, Tensor]]] = {}
     norm_sum, n_real = 0.0, 0
-    total = n_batches(len(sequences), batch_size)
     ranks = torch.arange(n_ranked, device=model.cfg.device)
     with torch.no_grad():
-        for batch in tqdm(iter_batches(model, sequences, batch_size), total=total, desc="gate scan", disable=not progress):
-            resid = hook_activations(model, hook_name, batch.tokens)
-            if not torch.isfinite(resid).all():
-                raise ValueError(f"non-finite activations at {hook_name}: check the model weights and dtype")
+        for batch, resid in iter_activations(model, hook_name, sequences, batch_size, progress=progress,
+                                             desc="gate scan"):
             fired = adapter.encode(resid) > 0
             first = torch.where(fired, ranks, n_ranked).amin(-1)
             norm_sum += float(resid[batch.real].double().norm(dim=-1).sum())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from itertools import islice
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +19,11 @@ import torch
 from jaxtyping import Float, Int
 from sae_lens import SAE
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from dsg_lens.artifacts import read_json, read_tensors, require, write_json, write_tensors
-from dsg_lens.hooks import resolve_hook_name
-from dsg_lens.sae_view import check_sae_fits_model, hook_layer, sae_fingerprint
-from dsg_lens.tokens import TextsOrTokens, TokenBatch, iter_batches, n_batches, to_sequences
+from dsg_lens.activations import iter_activations
+from dsg_lens.sae_view import check_sae_fits_model, sae_fingerprint
+from dsg_lens.tokens import TextsOrTokens, TokenBatch, to_sequences
 
 STATS_SCHEMA = 1
 CHECKPOINT_SCHEMA = 1
@@ -138,18 +136,6 @@ def _check_loaded(tensors: dict[str, Tensor], n_tokens: int, rho_features: list,
             raise ValueError(f"{path}: rho must be finite fractions in [0, 1]")
 
 
-def hook_activations(
-    model: nn.Module, hook_name: str, tokens: Int[Tensor, "batch pos"]
-) -> Float[Tensor, "batch pos d_in"]:
-    """The activation at ``hook_name`` for ``tokens``, running the model only up to that hook's block."""
-    resolved = resolve_hook_name(model, hook_name, read=True)
-    layer = hook_layer(hook_name)
-    stop = layer + 1 if layer is not None and layer + 1 < model.cfg.n_layers else None
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=[resolved], stop_at_layer=stop)
-    return cache[resolved]
-
-
 def collect_latent_stats(
     model: nn.Module,
     sae: SAE,
@@ -185,14 +171,11 @@ def collect_latent_stats(
         checkpoint = _Checkpoint(Path(checkpoint_dir), fingerprint)
         partial = checkpoint.restore(partial)
     feature_ids = torch.tensor(feature_list, dtype=torch.long, device=device)
-    total = n_batches(len(sequences), batch_size)
-    batches = islice(iter_batches(model, sequences, batch_size), partial.batches_done, None)
+    activations = iter_activations(model, hook_name, sequences, batch_size, skip=partial.batches_done,
+                                   progress=progress, desc="latent stats")
     with torch.no_grad():
-        bar = tqdm(batches, total=total, initial=partial.batches_done, desc="latent stats", disable=not progress)
-        for batch in bar:
-            resid = hook_activations(model, hook_name, batch.tokens)[batch.real]
-            if not torch.isfinite(resid).all():
-                raise ValueError(f"non-finite activations at {hook_name}: check the model weights and dtype")
+        for batch, activation in activations:
+            resid = activation[batch.real]
             acts = sae.encode(resid.to(device)).double()
             if not torch.isfinite(acts).all():
                 raise ValueError("the SAE produced NaN/inf latent activations: check the SAE weights and dtype")

@@ -17,8 +17,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens import TransformerLensKeyValueCache as KVCache
 
 import dsg_lens as dsg
-import dsg_lens.scan
-import dsg_lens.stats
+import dsg_lens.activations
 from dsg_lens.sae_adapters import SAEAdapter
 
 HOOK = "blocks.1.hook_resid_pre"
@@ -366,8 +365,7 @@ def test_4096_token_text_and_batch_64_stay_bounded(tiny_gpt2, monkeypatch):
     sae = make_sae()
     long_text = " ".join(f"w{i % 44}" for i in range(4096))
     many = texts(30, 64, False, length=(40, 60))
-    stats_shapes = _record_batches(monkeypatch, dsg_lens.stats)
-    scan_shapes = _record_batches(monkeypatch, dsg_lens.scan)
+    shapes = _record_batches(monkeypatch, dsg_lens.activations)  # statistics and the gate scan read here
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     stats = dsg.collect_latent_stats(tiny_gpt2, sae, [long_text] + many, features=[0, 1], batch_size=64,
                                      progress=False)
@@ -375,7 +373,7 @@ def test_4096_token_text_and_batch_64_stay_bounded(tiny_gpt2, monkeypatch):
     scores = guard.gate_scores(tiny_gpt2, [long_text] + many, batch_size=64)
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
     assert stats.tokens_per_text[0] == 4096 and scores.shape == (65,)
-    assert max(b * p for b, p in stats_shapes + scan_shapes) <= 64 * tiny_gpt2.cfg.n_ctx
+    assert shapes and max(b * p for b, p in shapes) <= 64 * tiny_gpt2.cfg.n_ctx
     assert grown_mib < 500, f"peak RSS grew by {grown_mib:.0f} MiB"
     torch.testing.assert_close(scores, stats.rho)  # the same rho, computed by two code paths
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from dsg_lens.guardrail import DynamicSAEGuardrail
 from dsg_lens.sae_adapters import adapter_for
 from dsg_lens.sae_view import check_sae_fits_model
-from dsg_lens.stats import hook_activations
+from dsg_lens.activations import hook_activations, iter_activations
 from dsg_lens.tokens import TextsOrTokens, iter_batches, to_sequences
 from dsg_lens.viz.html import OfflineHTML, render_component
 
@@ -129,9 +129,9 @@ def top_examples(
     adapter = adapter_for(sae, latent_ids, device=model.cfg.device)
     sequences = to_sequences(model, texts, max_len)
     best: list[list[TopExample]] = [[] for _ in range(adapter.n)]
-    for batch in iter_batches(model, sequences, batch_size):
+    for batch, resid in iter_activations(model, hook_name, sequences, batch_size):
         with torch.no_grad():
-            acts = (adapter.encode(hook_activations(model, hook_name, batch.tokens)) * batch.real[..., None]).float()
+            acts = (adapter.encode(resid) * batch.real[..., None]).float()
         peak, where = acts.max(dim=1)  # [batch, n]
         for rows, latent in zip(peak.topk(min(k, peak.shape[0]), dim=0).indices.T.tolist(), range(adapter.n)):
             for row in rows:
