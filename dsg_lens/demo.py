@@ -12,6 +12,7 @@ from dsg_lens.models import load_model
 from dsg_lens.pipeline import (
     PipelineConfig,
     base_correct_questions,
+    calibration_texts,
     evaluate_questions,
     load_sae,
     load_texts,
@@ -55,9 +56,9 @@ def sweep_embedded(
         return evaluate_questions(m, forget_q, retain_q, cfg.protocol, cfg.batch_size, progress=False)
 
     result = run_sweep(
-        model, sae, forget, retain, retain_texts, evaluate, n_values=n_values, clamp_values=clamp_values,
-        p_ratio_values=p_ratio_values, p_dyn_values=p_dyn_values, clamp_scale=relative,
-        batch_size=cfg.batch_size, progress=progress,
+        model, sae, forget, retain, calibration_texts(model, cfg, retain_texts), evaluate, n_values=n_values,
+        clamp_values=clamp_values, p_ratio_values=p_ratio_values, p_dyn_values=p_dyn_values, clamp_scale=relative,
+        gate=cfg.make_gate(), batch_size=cfg.batch_size, progress=progress,
     )
     result.params.update(config=asdict(cfg), method="dsg")
     result.save(out_dir)

@@ -134,7 +134,7 @@ class PrefixGate(_CausalGate):
     """Causal rho: fired fraction of the real tokens so far > tau (from ``min_tokens`` real tokens on)."""
 
     tau: float | int = 0.0
-    min_tokens: int = 4
+    min_tokens: int = 8
     latch: bool = True
     kind: ClassVar[str] = "prefix"
 
@@ -155,7 +155,7 @@ class WindowGate(_CausalGate):
 
     tau: float | int = 0.0
     window: int = 32
-    min_tokens: int = 4
+    min_tokens: int = 8
     latch: bool = True
     kind: ClassVar[str] = "window"
 

@@ -35,7 +35,7 @@ from dsg_lens.data.loaders import (
     load_wmdp,
     load_wmdp_corpus,
 )
-from dsg_lens.eval.gate_stats import gate_firing
+from dsg_lens.eval.gate_stats import QUESTION_SHAPES, gate_firing, gate_rates_by_shape, question_inputs
 from dsg_lens.gate import DEFAULT_GATE, Gate, make_gate
 from dsg_lens.eval import mcq
 from dsg_lens.eval.mcq import filter_base_correct, score_mcq
@@ -99,7 +99,7 @@ class PipelineConfig:
     max_questions: int | None = None  # evaluate the first k base-correct questions per side (None or 0: all)
     gate: str = DEFAULT_GATE  # "window", "prefix" (causal) or "paper" (the reference code's rule, not causal)
     window: int = 32  # real tokens in the window gate's window
-    min_tokens: int = 4  # real tokens a causal gate waits for before deciding
+    min_tokens: int = 8  # real tokens a causal gate waits for before deciding
     calibration: str = "questions"  # tau on held-out retain questions in the evaluated shape, or on the "corpus"
 
     def make_gate(self) -> Gate:
@@ -146,8 +146,9 @@ def fit_guardrail(
 
 
 def calibration_texts(model: nn.Module, cfg: PipelineConfig, retain_texts: list[str]) -> list[str]:
-    """What tau is calibrated on: the retain corpus, or the calibration split of the retain questions in the
-    shape the gate sees them under ``cfg.protocol`` (never evaluated: :func:`is_calibration_question`)."""
+    """What tau is calibrated on: the retain corpus, or the calibration split of the retain questions (never
+    evaluated: :func:`is_calibration_question`) in the shapes a guardrail meets questions in: as ``cfg.protocol``
+    shows them to the model, as plain text, and in the chat template (instruct models)."""
     if cfg.calibration not in CALIBRATION_SOURCES:
         raise ValueError(f"calibration={cfg.calibration!r}: use one of {CALIBRATION_SOURCES}")
     if cfg.calibration == "corpus":
@@ -155,7 +156,10 @@ def calibration_texts(model: nn.Module, cfg: PipelineConfig, retain_texts: list[
     held_out = [q for q in load_questions(cfg.retain_questions) if is_calibration_question(q)]
     if not held_out:
         raise ValueError(f"no calibration questions in {cfg.retain_questions}: use calibration='corpus'")
-    return question_texts(held_out, cfg.protocol, model)
+    shapes = [question_texts(held_out, cfg.protocol, model), question_inputs(model, held_out, "plain")]
+    if getattr(model.tokenizer, "chat_template", None) is not None and cfg.protocol != "chat":
+        shapes.append(question_inputs(model, held_out, "chat"))
+    return [text for shape in shapes for text in shape]
 
 
 def question_texts(questions: list[MCQ], protocol: str, model: nn.Module | None = None) -> list[str]:
@@ -212,6 +216,8 @@ def run_pipeline(model: nn.Module, sae: SAE, cfg: PipelineConfig, out_dir: str |
         guarded = evaluate_questions(model, forget_q, retain_q, cfg.protocol, cfg.batch_size, progress)
     gate = gate_firing(fitted.guard, model, question_texts(forget_q, cfg.protocol, model),
                        question_texts(retain_q, cfg.protocol, model), batch_size=cfg.batch_size)
+    shapes = [s for s in QUESTION_SHAPES if s in ("cloze", "plain") or getattr(model.tokenizer, "chat_template", None)]
+    gate["by_shape"] = gate_rates_by_shape(fitted.guard, model, forget_q, retain_q, shapes, batch_size=cfg.batch_size)
     report = {
         "config": asdict(cfg),
         "model": {"name": cfg.model, "dtype": str(model.cfg.dtype), "device": str(model.cfg.device)},

@@ -15,7 +15,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 from dsg_lens.data import MCQ
 from dsg_lens.eval import mcq
 from dsg_lens.eval.mcq import base_correct_ids, filter_base_correct, score_mcq, wilson_interval
-from dsg_lens.hooks import HookSpec, hooks
+from dsg_lens.hooks import HookSpec, scoped_hooks
 
 SPECIALS = ["<bos>", "<eos>", "<pad>", "<unk>"]
 VOCAB = SPECIALS + list("ABCD") + [".", ":", "(", "?"] + ["Answer", "is", "called", "It", "a", "an"] + [
@@ -181,7 +181,7 @@ def test_base_correct_cache_is_keyed_by_data_and_honours_env(tokenizer, tmp_path
 
 def test_base_correct_refuses_a_hooked_model(tokenizer):
     model = _model(tokenizer)
-    with hooks(model, HookSpec("blocks.0.hook_resid_pre", lambda act, hook: act)):
+    with scoped_hooks(model, HookSpec("blocks.0.hook_resid_pre", lambda act, hook: act)):
         with pytest.raises(ValueError, match="hooks are attached"):
             base_correct_ids(model, _questions(2), progress=False, use_cache=False)
 
@@ -190,7 +190,7 @@ def test_scoring_sees_hooks_so_it_works_under_a_guardrail(tokenizer):
     model = _model(tokenizer)
     questions = _questions(4)
     base = score_mcq(model, questions, "completion", progress=False)
-    with hooks(model, HookSpec("blocks.1.hook_resid_pre", lambda act, hook: act * 0)):
+    with scoped_hooks(model, HookSpec("blocks.1.hook_resid_pre", lambda act, hook: act * 0)):
         hooked = score_mcq(model, questions, "completion", progress=False)
     assert base.records != hooked.records
 

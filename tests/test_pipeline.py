@@ -74,3 +74,24 @@ def test_shipped_base_correct_ids_match_the_embedded_model(tmp_path, monkeypatch
     monkeypatch.setattr(mcq, "score_mcq", lambda *a, **k: pytest.fail("scored instead of using the shipped ids"))
     kept = mcq.base_correct_ids(model, load_questions("embedded:forget"), cache_dir=tmp_path, progress=False)
     assert 300 <= len(kept) <= 700
+
+
+def test_calibration_questions_are_never_evaluated(tiny_tokenizer, monkeypatch):
+    """tau is calibrated on a third of the retain questions; the evaluated retain questions are the rest."""
+    import dsg_lens.pipeline as pipeline
+
+    model = make_model("llama", tiny_tokenizer)
+    retain = [_cloze(i, ["w1", "w2", "w3", "w4"], i % 4) for i in range(60)]
+    monkeypatch.setattr(pipeline, "load_questions", lambda spec: retain)
+    monkeypatch.setattr(pipeline, "filter_base_correct", lambda model, questions, *a, **k: list(questions))
+    cfg = PipelineConfig(calibration="questions")
+    held_out = {q.id for q in retain if pipeline.is_calibration_question(q)}
+    assert 10 < len(held_out) < 30
+    _, evaluated = pipeline.base_correct_questions(model, cfg, progress=False)
+    assert {q.id for q in evaluated} == {q.id for q in retain} - held_out
+    texts = pipeline.calibration_texts(model, cfg, ["unused corpus"])
+    contexts = {q.context for q in retain if q.id in held_out}
+    assert set(texts) == contexts | {"?"}  # cloze contexts + plain questions (no chat template here)
+    assert PipelineConfig(calibration="corpus").calibration == "corpus"
+    with pytest.raises(ValueError, match="calibration"):
+        pipeline.calibration_texts(model, PipelineConfig(calibration="magic"), ["x"])

@@ -45,7 +45,8 @@ def test_run_sweep_on_planted_feature(tiny_tokenizer, monkeypatch, tmp_path):
     original = sweep_module.scan_first_rank
     monkeypatch.setattr(sweep_module, "scan_first_rank", lambda *a, **k: scans.append(1) or original(*a, **k))
     result = run_sweep(model, sae, forget, retain, retain_texts, evaluate, n_values=[1, 2], clamp_values=[0.0, 30.0],
-                       p_ratio_values=[90.0, 95.0], p_dyn_values=[50.0, 95.0], progress=False)
+                       p_ratio_values=[90.0, 95.0], p_dyn_values=[50.0, 95.0], gate=dsg.WindowGate(min_tokens=1),
+                       progress=False)
     assert len(scans) == 2  # one scan per p_ratio, not per configuration
     assert len(result.rows) == 2 * 2 * 2 * 2
     assert result.base == {"forget_acc": 1.0, "retain_acc": 1.0}
@@ -54,6 +55,8 @@ def test_run_sweep_on_planted_feature(tiny_tokenizer, monkeypatch, tmp_path):
         if row["clamp"] == 30.0:
             assert row["forget_acc"] < 1.0  # clamping it changes forget predictions
     assert any(r["retain_acc"] < 1.0 for r in result.rows if r["n"] == 2 and r["p_dyn"] == 50.0)
-    assert result.score() == 1.0 - min(r["forget_acc"] for r in result.rows)
+    kept = [r["forget_acc"] for r in result.rows if r["retain_acc"] >= 0.99 * result.base["retain_acc"]]
+    assert result.score() == 1.0 - min(kept)
     result.save(tmp_path)
     assert (tmp_path / "sweep.csv").read_text().count("\n") == 17
+    assert result.to_dict()["params"]["gate"]["kind"] == "window"

@@ -9,8 +9,18 @@ Protocols (``protocol=``):
   ``completion_score`` ``"pmi"`` (log p(cont | context) - log p(cont | neutral context)), ``"sum"`` (summed
   log-prob) or ``"norm"`` (summed log-prob per UTF-8 byte of the continuation, lm-eval's ``acc_norm``).
 
-Scoring runs the plain ``model`` (so it can be wrapped in ``with guard.attached(model):``), in right-padded
-batches on the model's device; a padded row scores exactly as it would alone.
+Scoring runs the plain ``model`` (so it can be wrapped in ``with guard.attached(model):``) on the model's device.
+Letter protocols run one right-padded pass per prompt and read only its last (answer) position. The completion
+protocol is leak-free (issue 13):
+
+- each distinct context runs once and its candidates are scored as continuations of it
+  (:func:`continuation_log_probs`: a frozen KV cache on HookedTransformer, one full pass per pair elsewhere,
+  e.g. TransformerBridge). With a causal gate a candidate's own tokens cannot switch the guardrail on for the
+  positions that predict it; the non-causal :class:`~dsg_lens.gate.PaperGate` can, so do not score
+  continuations under it.
+- the PMI reference (log p(candidate | neutral context)) is a property of the evaluation, not of the guardrail:
+  it runs with dsg-lens hooks suspended and is cached in memory per model and weights
+  (:func:`reference_log_probs`), so a sweep of guardrail configurations computes it once.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import json
 import math
 import os
 import re
+import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,9 +42,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from dsg_lens.data.loaders import EMBEDDED_DIR, MCQ, fingerprint
-from dsg_lens.eval.batching import padded_logits
+from dsg_lens.eval.batching import continuation_logits, frozen_prefix_cache, padded_logits, supports_kv_cache
+from dsg_lens.hooks import attached_hooks, suspended
 from dsg_lens.models import cache_root
-from dsg_lens.tokens import iter_batches
+from dsg_lens.real_tokens import RealTokenRule, pad_token_id, special_token_ids
+from dsg_lens.tokens import iter_batches, n_batches
 
 __all__ = [
     "DEFAULT_MARGIN",
@@ -41,7 +54,10 @@ __all__ = [
     "PROTOCOLS",
     "QuestionResult",
     "base_correct_ids",
+    "clear_reference_cache",
+    "continuation_log_probs",
     "filter_base_correct",
+    "reference_log_probs",
     "score_mcq",
     "wilson_interval",
 ]
@@ -199,29 +215,217 @@ def _letter_scores(model: nn.Module, questions: Sequence[MCQ], protocol: str, ba
     return scores
 
 
+_MAX_SLOTS = 8
+"""Most continuations run after one cached context row (a context with more is split over several rows)."""
+
+Pair = tuple[tuple[int, ...], tuple[int, ...]]  # token ids of a context and of a continuation
+Row = tuple[tuple[int, ...], list[int]]  # a context's token ids and the indices of the pairs continuing it
+
+
+def _continuation_log_probs_full(model: nn.Module, pairs: Sequence[Pair], batch_size: int, progress: bool,
+                                 desc: str) -> list[Float[Tensor, " cont"]]:
+    """Per-token log-probs of each continuation, one right-padded forward pass per context + continuation."""
+    sequences = [list(ctx) + list(cont) for ctx, cont in pairs]
+    spans = [(len(ctx) - 1, len(ctx) + len(cont) - 1) for ctx, cont in pairs]
+    log_probs = _forward_log_probs(model, sequences, spans, batch_size, progress, desc)
+    targets = [torch.tensor(cont, dtype=torch.long)[:, None] for _, cont in pairs]
+    return [lp.gather(1, target)[:, 0] for target, lp in zip(targets, log_probs)]
+
+
+def _continuation_log_probs_cached(model: nn.Module, pairs: Sequence[Pair], batch_size: int, progress: bool,
+                                   desc: str) -> list[Float[Tensor, " cont"]]:
+    """Per-token log-probs of each continuation: each distinct context runs once (all but its last token, into a
+    frozen KV cache; up to ``batch_size`` contexts per pass, similar lengths together), then its continuations
+    run as suffixes "last context token + continuation", one per row and pass (up to :data:`_MAX_SLOTS` passes
+    per cache; a context with more continuations fills several rows)."""
+    n_batches(len(pairs), batch_size)  # validates batch_size
+    by_context: dict[tuple[int, ...], list[int]] = {}
+    for k, (ctx, _) in enumerate(pairs):
+        by_context.setdefault(ctx, []).append(k)
+    slots = min(max(len(ks) for ks in by_context.values()), _MAX_SLOTS)
+    rows = [(ctx, ks[i : i + slots]) for ctx, ks in by_context.items() for i in range(0, len(ks), slots)]
+    rows.sort(key=lambda row: (-len(row[0]), -len(row[1])))
+    out: list[Tensor | None] = [None] * len(pairs)
+    with torch.inference_mode(), tqdm(total=len(pairs), desc=desc, disable=not progress) as bar:
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            filler = _hole_filler(model, chunk, pairs)
+            if filler is None:  # no safe filler: contexts of one length per pass (nothing to fill)
+                groups = [list(g) for _, g in itertools.groupby(chunk, key=lambda row: len(row[0]))]
+            else:
+                groups = [chunk]
+            for group in groups:
+                _run_rows(model, group, pairs, pad_token_id(model) if filler is None else filler, out)
+                bar.update(sum(len(ks) for _, ks in group))
+    return out  # type: ignore[return-value]
+
+
+def _run_rows(model: nn.Module, rows: list[Row], pairs: Sequence[Pair], filler: int, out: list[Tensor | None]) -> None:
+    """One frozen cache for ``rows``' contexts (but their last tokens; shorter ones followed by ``filler``, masked
+    out of attention), then one pass per slot; fills ``out[k]`` for every pair index k of the rows."""
+    device = torch.device(model.cfg.device)
+    pad_id = pad_token_id(model)
+    width = max(len(ctx) for ctx, _ in rows) - 1
+    prefix = torch.full((len(rows), width), filler, dtype=torch.long)
+    for row, (ctx, _) in enumerate(rows):
+        prefix[row, : len(ctx) - 1] = torch.tensor(ctx[:-1], dtype=torch.long)
+    cache = frozen_prefix_cache(model, prefix.to(device), [len(ctx) - 1 for ctx, _ in rows])
+    for slot in range(max(len(ks) for _, ks in rows)):
+        chosen = [ks[slot] if slot < len(ks) else None for _, ks in rows]  # None: a row without this slot
+        suffixes = [(ctx[-1], *(pairs[k][1] if k is not None else ())) for (ctx, _), k in zip(rows, chosen)]
+        lengths = [len(suffix) for suffix in suffixes]
+        tokens = torch.full((len(rows), max(lengths)), pad_id, dtype=torch.long)
+        for row, suffix in enumerate(suffixes):
+            tokens[row, : len(suffix)] = torch.tensor(suffix, dtype=torch.long)
+        logits = continuation_logits(model, cache, tokens.to(device), lengths)
+        for row, k in enumerate(chosen):
+            if k is not None:
+                cont = torch.tensor(pairs[k][1], dtype=torch.long, device=logits.device)
+                log_probs = torch.log_softmax(logits[row, : len(cont)].float(), dim=-1)
+                out[k] = log_probs.gather(1, cont[:, None])[:, 0].cpu()
+
+
+def _hole_filler(model: nn.Module, rows: list[Row], pairs: Sequence[Pair]) -> int | None:
+    """A token id to fill the hole after each shorter context of ``rows`` (before its continuation) that the
+    real-token rule (what dsg-lens hooks see) ignores without changing its verdict on any token of any of the
+    rows' sequences; the pad id when there is no hole; None when no special token qualifies (e.g. the pad
+    token is a chat turn end and no other special may precede a sequence's first token)."""
+    pad_id = pad_token_id(model)
+    width = max(len(ctx) for ctx, _ in rows) - 1
+    if all(len(ctx) - 1 == width for ctx, _ in rows):
+        return pad_id
+    rule = RealTokenRule.for_model(model)
+    sequences = [(ctx, pairs[k][1]) for ctx, ks in rows for k in ks]
+
+    def masks(seqs: list[list[int]]) -> Tensor:
+        tokens = torch.full((len(seqs), max(len(seq) for seq in seqs)), pad_id, dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            tokens[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        return rule.mask(tokens)
+
+    plain = masks([list(ctx + cont) for ctx, cont in sequences])
+    for filler in dict.fromkeys([pad_id, *special_token_ids(model)]):
+        holey = masks([[*ctx[:-1], *[filler] * (width - len(ctx) + 1), ctx[-1], *cont] for ctx, cont in sequences])
+        if all(torch.equal(plain[row, : len(ctx) - 1], holey[row, : len(ctx) - 1])
+               and torch.equal(plain[row, len(ctx) - 1 : len(ctx) + len(cont)],
+                               holey[row, width : width + 1 + len(cont)])
+               and not holey[row, len(ctx) - 1 : width].any()
+               for row, (ctx, cont) in enumerate(sequences)):
+            return filler
+    return None
+
+
+def continuation_log_probs(
+    model: nn.Module,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+    desc: str = "continuations",
+    use_kv_cache: bool | None = None,
+) -> list[Float[Tensor, " cont"]]:
+    """log p of every token of each ``(context, continuation)`` pair's continuation, given the context and the
+    continuation's tokens before it (1-D float tensors on the CPU, one per pair).
+
+    The context is tokenized with the model's default BOS, the continuation without. ``use_kv_cache=None``
+    takes the KV path where the model has one (:func:`~dsg_lens.eval.batching.supports_kv_cache`): each distinct
+    context runs once and its continuations continue its frozen cache. ``False``: one full forward pass per pair.
+    Under hooks that are causal (a causal guardrail gate, or none) both give the same values.
+
+    Footgun: with a NON-causal gate attached (:class:`~dsg_lens.gate.PaperGate`) the two paths differ, and both
+    let the continuation's own tokens switch the guardrail on for the positions that predict it.
+    """
+    if use_kv_cache is None:
+        use_kv_cache = supports_kv_cache(model)
+    default_bos = bool(model.cfg.default_prepend_bos)
+    tokenized = []
+    for context, cont in pairs:
+        ctx_ids, cont_ids = _ids(model, context, default_bos), _ids(model, cont, prepend_bos=False)
+        if not ctx_ids or not cont_ids:
+            raise ValueError(f"empty context or continuation after tokenization: {context!r} + {cont!r}")
+        tokenized.append((tuple(ctx_ids), tuple(cont_ids)))
+    if not tokenized:
+        return []
+    run = _continuation_log_probs_cached if use_kv_cache else _continuation_log_probs_full
+    return run(model, tokenized, batch_size, progress, desc)
+
+
+# ------------------------------------------------------------------------------ the PMI reference (cached)
+_REFERENCES: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, dict[tuple[str, str], float]]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _reference_key(model: nn.Module) -> tuple:
+    """What the reference log-probs of ``model`` depend on besides the texts: its weights (a cheap content
+    signature plus the parameters' in-place version counters, so an in-place edit anywhere invalidates it),
+    dtype, device and BOS convention."""
+    params = list(model.parameters())
+    try:
+        versions = tuple(p._version for p in params)
+    except RuntimeError:  # inference tensors carry no version counter
+        versions = None
+    return (_weights_signature(model), versions, tuple(id(p) for p in params), str(model.cfg.dtype),
+            str(model.cfg.device), bool(model.cfg.default_prepend_bos))
+
+
+def _foreign_hooks(model: nn.Module) -> int:
+    """Forward hooks on the model's HookPoints that dsg-lens did not add (``suspended`` cannot switch them off)."""
+    points = {id(point): point for point in model.hook_dict.values()}
+    return sum(len(point.fwd_hooks) for point in points.values()) - len(attached_hooks(model))
+
+
+def reference_log_probs(
+    model: nn.Module, pairs: Sequence[tuple[str, str]], *, batch_size: int = 16, progress: bool = False
+) -> list[float]:
+    """Summed log p(continuation | neutral context) per ``(neutral context, continuation)`` pair: the PMI
+    reference, a property of the evaluation, not of the guardrail under test. It runs with every dsg-lens hook
+    suspended (:func:`~dsg_lens.hooks.suspended`) and is cached in memory per model object and weight signature,
+    so a sweep over many guardrails computes it once. Hooks dsg-lens did not add stay on (and then nothing is
+    cached)."""
+    if not pairs:
+        return []
+    foreign = _foreign_hooks(model) > 0
+    key = _reference_key(model)
+    known_key, memo = _REFERENCES.get(model, (None, {}))
+    if foreign:
+        memo = {}
+    elif known_key != key:
+        memo = {}
+        _REFERENCES[model] = (key, memo)
+    missing = list(dict.fromkeys(pair for pair in pairs if pair not in memo))
+    if missing:
+        with suspended(model):
+            values = continuation_log_probs(model, missing, batch_size=batch_size, progress=progress,
+                                            desc="MCQ (PMI reference)")
+        memo.update({pair: float(lp.sum()) for pair, lp in zip(missing, values)})
+    return [memo[pair] for pair in pairs]
+
+
+def clear_reference_cache(model: nn.Module | None = None) -> None:
+    """Forget the cached PMI references of ``model`` (of every model when None)."""
+    if model is None:
+        _REFERENCES.clear()
+    else:
+        _REFERENCES.pop(model, None)
+
+
 def _completion_scores(model: nn.Module, questions: Sequence[MCQ], score: str, batch_size: int,
                        progress: bool) -> list[list[float]]:
-    """Per-choice completion scores; each distinct (context, continuation) pair is run once."""
-    default_bos = bool(model.cfg.default_prepend_bos)
+    """Per-choice completion scores; each distinct (context, continuation) pair is scored once, each distinct
+    context runs once (KV path), the PMI reference comes from :func:`reference_log_probs`."""
     pairs: dict[tuple[str, str], int] = {}
+    neutral_pairs: dict[tuple[str, str], int] = {}
     for q in questions:
         context, candidates, neutral = q.cloze()
         for cand in candidates:
             pairs.setdefault((context, cand), len(pairs))
             if score == "pmi":
-                pairs.setdefault((neutral, cand), len(pairs))
-    sequences, spans = [], []
-    for context, cand in pairs:
-        ctx_ids, cont_ids = _ids(model, context, default_bos), _ids(model, cand, prepend_bos=False)
-        if not ctx_ids or not cont_ids:
-            raise ValueError(f"empty context or continuation after tokenization: {context!r} + {cand!r}")
-        sequences.append(ctx_ids + cont_ids)
-        spans.append((len(ctx_ids) - 1, len(ctx_ids) + len(cont_ids) - 1))
-    log_probs = _forward_log_probs(model, sequences, spans, batch_size, progress, f"MCQ (completion, {score})")
-    totals = []
-    for seq, (start, _), lp in zip(sequences, spans, log_probs):
-        targets = torch.tensor(seq[start + 1 :], dtype=torch.long)
-        totals.append(float(lp.gather(1, targets[:, None]).sum()))
+                neutral_pairs.setdefault((neutral, cand), len(neutral_pairs))
+    log_probs = continuation_log_probs(model, list(pairs), batch_size=batch_size, progress=progress,
+                                       desc=f"MCQ (completion, {score})")
+    totals = [float(lp.sum()) for lp in log_probs]
+    references = reference_log_probs(model, list(neutral_pairs), batch_size=batch_size, progress=progress)
     scores = []
     for q in questions:
         context, candidates, neutral = q.cloze()
@@ -229,7 +433,7 @@ def _completion_scores(model: nn.Module, questions: Sequence[MCQ], score: str, b
         for cand in candidates:
             value = totals[pairs[(context, cand)]]
             if score == "pmi":
-                value -= totals[pairs[(neutral, cand)]]
+                value -= references[neutral_pairs[(neutral, cand)]]
             elif score == "norm":
                 value /= len(cand.encode("utf-8"))
             row.append(value)

@@ -20,7 +20,7 @@ from sae_lens import SAE
 from torch import nn
 from tqdm.auto import tqdm
 
-from dsg_lens.gate import PaperGate, calibrate_tau
+from dsg_lens.gate import DEFAULT_GATE, Gate, calibrate_tau, make_gate
 from dsg_lens.guardrail import DynamicSAEGuardrail
 from dsg_lens.scan import gate_scores_from_scan, scan_first_rank
 from dsg_lens.selection import select_features
@@ -103,6 +103,7 @@ def run_sweep(
     p_ratio_values: Sequence[float] = (95.0,),
     p_dyn_values: Sequence[float] = (95.0,),
     clamp_scale: bool = False,
+    gate: Gate | None = None,
     base: Metrics | None = None,
     batch_size: int = 8,
     progress: bool = True,
@@ -110,7 +111,10 @@ def run_sweep(
     """Evaluate the DSG guardrail for every combination of the given values (module docstring for the cost).
 
     With ``clamp_scale=True`` the ``clamp_values`` are relative clamps (multiples of the residual norm).
+    ``gate``: the gate kind and its settings (its tau is calibrated per configuration on ``calibration_texts``);
+    default :data:`~dsg_lens.gate.DEFAULT_GATE`.
     """
+    gate = gate or make_gate(DEFAULT_GATE)
     n_values, clamp_values = _values("n_values", n_values), _values("clamp_values", clamp_values)
     p_ratio_values, p_dyn_values = _values("p_ratio_values", p_ratio_values), _values("p_dyn_values", p_dyn_values)
     base = dict(base) if base is not None else evaluate(model)
@@ -121,18 +125,18 @@ def run_sweep(
         features = select_features(forget, retain, n=max(n_values), p_ratio=p_ratio)
         scan = scan_first_rank(model, sae, features.ids, calibration_texts, batch_size=batch_size)
         for n in n_values:
-            scores = gate_scores_from_scan(scan, PaperGate(), n)
+            scores = gate_scores_from_scan(scan, gate, n, calibration=True)
             for p_dyn in p_dyn_values:
                 tau = calibrate_tau(scores, p_dyn)
                 for clamp in clamp_values:
                     relative = {"clamp_scale": clamp, "resid_norm": scan.mean_resid_norm} if clamp_scale else {}
                     guard = DynamicSAEGuardrail(
-                        sae, features.top(n), PaperGate(tau), clamp=0.0 if clamp_scale else clamp, **relative
+                        sae, features.top(n), gate.with_tau(tau), clamp=0.0 if clamp_scale else clamp, **relative
                     )
                     with guard.attached(model):
                         metrics = evaluate(model)
                     rows.append({"n": n, "clamp": clamp, "p_ratio": p_ratio, "p_dyn": p_dyn, "tau": tau, **metrics})
                     bar.update()
     bar.close()
-    params = {"clamp_is_relative": clamp_scale, "n_calibration_texts": len(calibration_texts)}
+    params = {"clamp_is_relative": clamp_scale, "n_calibration_texts": len(calibration_texts), "gate": gate.to_dict()}
     return SweepResult(rows, base, params)
