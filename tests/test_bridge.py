@@ -26,7 +26,8 @@ def planted_pair(tiny_tokenizer, tmp_path_factory):
 @pytest.fixture(scope="module")
 def guard(planted_pair):
     hooked, _, sae = planted_pair
-    return dsg.DynamicSAEGuardrail.fit(hooked, sae, [5], texts(11, 12, False), p_dyn=95, clamp=20.0, progress=False)
+    return dsg.DynamicSAEGuardrail.fit(hooked, sae, [5], texts(11, 12, False), p_dyn=95, clamp=20.0,
+                                       gate=dsg.WindowGate(min_tokens=1), progress=False)
 
 
 def test_same_weights_same_logits(planted_pair):

@@ -147,7 +147,8 @@ def test_planted_feature_end_to_end(planted, tmp_path):
     retain = dsg.collect_latent_stats(model, sae, retain_texts, progress=False)
     fs = dsg.select_features(forget, retain, n=1, p_ratio=90)
     assert fs.ids == [5]
-    guard = dsg.DynamicSAEGuardrail.fit(model, sae, fs, retain_texts, p_dyn=95, clamp=20.0, progress=False)
+    guard = dsg.DynamicSAEGuardrail.fit(model, sae, fs, retain_texts, p_dyn=95, clamp=20.0, gate=SHORT_TEXT_GATE,
+                                        progress=False)
     assert guard.gate.tau == 0.0  # the planted latent never fires on retain text
     assert guard.is_forget(model, texts(12, 5, True)).all()
     assert not guard.is_forget(model, texts(13, 5, False)).any()
@@ -160,9 +161,13 @@ def test_planted_feature_end_to_end(planted, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ exactness
-def _fitted(model, sae, p_dyn=50.0, clamp=5.0, **kw):
+SHORT_TEXT_GATE = dsg.WindowGate(min_tokens=1)
+"""The tiny tests' texts have 4-12 words: a causal gate that decides from the first real token on."""
+
+
+def _fitted(model, sae, p_dyn=50.0, clamp=5.0, gate=SHORT_TEXT_GATE, **kw):
     return dsg.DynamicSAEGuardrail.fit(model, sae, [0, 3, 7, 11], texts(3, 10, False), p_dyn=p_dyn, clamp=clamp,
-                                       progress=False, **kw)
+                                       gate=gate, progress=False, **kw)
 
 
 def test_gate_off_is_bit_identical(tiny_gpt2, any_sae):
@@ -225,7 +230,8 @@ def test_rho_ignores_padding(tiny_gpt2):
 # ------------------------------------------------------------------------------------------- generation
 def test_generation_kv_cache_matches_no_cache_and_state_resets(planted):
     model, sae = planted
-    guard = dsg.DynamicSAEGuardrail.fit(model, sae, [5], texts(11, 12, False), p_dyn=95, clamp=20.0, progress=False)
+    guard = dsg.DynamicSAEGuardrail.fit(model, sae, [5], texts(11, 12, False), p_dyn=95, clamp=20.0,
+                                        gate=SHORT_TEXT_GATE, progress=False)
     prompt = model.to_tokens(texts(12, 1, True))
     with guard.attached(model):
         with_cache = model.generate(prompt, max_new_tokens=6, do_sample=False, use_past_kv_cache=True, verbose=False)
@@ -245,7 +251,8 @@ def test_generation_kv_cache_matches_no_cache_and_state_resets(planted):
 def test_generation_row_switches_on_later(planted):
     """A retain prompt whose continuation is forget text trips during KV-cached decoding, not before."""
     model, sae = planted
-    guard = dsg.DynamicSAEGuardrail.fit(model, sae, [5], texts(11, 12, False), p_dyn=95, clamp=20.0, progress=False)
+    guard = dsg.DynamicSAEGuardrail.fit(model, sae, [5], texts(11, 12, False), p_dyn=95, clamp=20.0,
+                                        gate=SHORT_TEXT_GATE, progress=False)
     fox = model.tokenizer.convert_tokens_to_ids("fox")
     with torch.no_grad():
         model.b_U[fox] = 1e4  # the model now always generates "fox", a forget word

@@ -46,9 +46,9 @@ def planted(tiny_tokenizer):
 def guards(planted):
     model, sae = planted
     calibration = word_texts(1, 60, n_forget=1)
-    paper = dsg.DynamicSAEGuardrail.fit(model, sae, [5], calibration, clamp=20.0, progress=False)
-    window = dsg.DynamicSAEGuardrail.fit(model, sae, [5], calibration, clamp=20.0, gate=WindowGate(window=8),
-                                         progress=False)
+    paper = dsg.DynamicSAEGuardrail.fit(model, sae, [5], calibration, clamp=20.0, gate="paper", progress=False)
+    window = dsg.DynamicSAEGuardrail.fit(model, sae, [5], calibration, clamp=20.0,
+                                         gate=WindowGate(window=8, min_tokens=4), progress=False)
     return {"paper": paper, "window": window}
 
 

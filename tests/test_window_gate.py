@@ -60,7 +60,7 @@ def test_window_gate_resists_dilution_where_paper_gate_fails(planted, tmp_path):
     paper = dsg.DynamicSAEGuardrail.fit(model, sae, [5], calibration, p_dyn=95, clamp=20.0, gate="paper",
                                         progress=False)
     robust = dsg.DynamicSAEGuardrail.fit(
-        model, sae, [5], calibration, p_dyn=95, clamp=20.0, gate=WindowGate(window=8), progress=False
+        model, sae, [5], calibration, p_dyn=95, clamp=20.0, gate=WindowGate(window=8, min_tokens=4), progress=False
     )
     assert isinstance(robust.gate, WindowGate) and robust.gate.tau > 0
     # both block the plain questions ...
