@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -238,3 +239,29 @@ def test_cli_parses_compare_and_study_commands():
     assert args.study == "attacks" and args.filler_tokens == [0, 64] and args.window == 16
     with pytest.raises(SystemExit):
         parser.parse_args(["study", "bogus", "--out", "o"])
+
+
+def test_gate_shapes_study_on_the_planted_feature(planted):
+    """The planted latent fires only on forget words: every gate calibrated on retain questions has FPR 0 and
+    TPR 1 on questions full of forget words (cloze and plain shapes: the tiny tokenizer has no chat template)."""
+    from dsg_lens.studies.gate_shapes import GateShapesConfig, best_rows, gate_shapes_study
+
+    model, sae = planted
+    forget_stats = dsg.collect_latent_stats(model, sae, word_texts(1, 20, n_forget=4), progress=False)
+    retain_stats = dsg.collect_latent_stats(model, sae, word_texts(2, 20, n_forget=0), progress=False)
+    forget_q, retain_q, held_out = word_mcqs(3, 6, True), word_mcqs(4, 6, False), word_mcqs(5, 6, False)
+    held_out = [replace(q, id=f"cal-{q.id}") for q in held_out]
+    config = GateShapesConfig(n_values=(1,), p_ratio=90.0, gates={
+        "paper": {"kind": "paper"}, "window": {"kind": "window", "window": 4, "min_tokens": 1}})
+    result = gate_shapes_study(model, sae, forget_stats, retain_stats, forget_q, retain_q, held_out,
+                               word_texts(6, 10, n_forget=0), config)
+    assert result["params"]["shapes"] == ["cloze", "plain"] and len(result["rows"]) == 2 * 2
+    questions = [r for r in result["rows"] if r["calibration"] == "questions"]
+    for row in questions:
+        assert row["tau"] == 0.0
+        assert all(v["fpr"] == 0.0 and v["auroc"] == 1.0 for v in row["by_shape"].values())
+    assert best_rows(result)[0]["by_shape"]["cloze"]["tpr"] == 1.0
+    with pytest.raises(ValueError, match="also evaluated"):
+        gate_shapes_study(model, sae, forget_stats, retain_stats, forget_q, retain_q, retain_q[:1], [], config)
+    with pytest.raises(ValueError, match="calibrations"):
+        GateShapesConfig(calibrations=("magic",))

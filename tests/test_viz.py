@@ -295,3 +295,16 @@ def test_study_results_are_drawn_through_adapters(tmp_path):
         (results / name / f"{name}.json").write_text(json.dumps(data))
     written = {p.name for p in render_figures(results, tmp_path / "figures")}
     assert {"relearning.png", "sequential.png", "dilution.png", "pareto.png"} <= written
+
+
+def test_gate_shape_bars_are_drawn_from_the_study_json(tmp_path):
+    from dsg_lens.viz.render import render_figures
+
+    rows = [{"n": 20, "gate": gate, "calibration": "questions", "tau": 0.3,
+             "by_shape": {"cloze": {"tpr": 0.4, "fpr": 0.03}, "chat": {"tpr": 0.2, "fpr": 0.01}}}
+            for gate in ("paper", "window 32 (min 8)")]
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "gate_shapes.json").write_text(json.dumps({"params": {}, "rows": rows}))
+    written = render_figures(tmp_path / "results", tmp_path / "figures")
+    assert {p.name for p in written} == {"gate_shapes.png", "gate_shapes.svg"}
+    assert all(p.stat().st_size > 1000 for p in written)

@@ -1,4 +1,4 @@
-"""`dsg-lens study relearn | sequential | efficiency | zeroshot | attacks`: robustness studies, each writing
+"""`dsg-lens study relearn | sequential | efficiency | zeroshot | attacks | gate-shapes`: robustness studies, each writing
 <out>/<name>.json (schemas in the dsg_lens.studies module docstrings)."""
 
 from __future__ import annotations
@@ -31,6 +31,12 @@ def _run(args: argparse.Namespace) -> None:
     elif args.study == "zeroshot":
         result = runners.run_zeroshot(setup, args.out, taus=tuple(args.taus), progress=progress)
         summary = {"base": result["base"], "best": result["best"]}
+    elif args.study == "gate-shapes":
+        from dsg_lens.studies.gate_shapes import GateShapesConfig, best_rows
+
+        config = GateShapesConfig(n_values=tuple(args.n_values), p_ratio=args.p_ratio, p_dyn=args.p_dyn)
+        result = runners.run_gate_shapes(setup, args.out, config, progress=progress)
+        summary = [{k: r[k] for k in ("n", "gate", "calibration", "tau", "by_shape")} for r in best_rows(result)[:5]]
     else:
         result = runners.run_attacks(setup, args.out, window=setup.config.window, filler_tokens=tuple(args.filler_tokens),
                                      turns=tuple(args.turns), progress=progress)
@@ -59,6 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     attacks = studies.add_parser("attacks", help="dilution, split turns, paraphrase: paper gate vs window gate")
     attacks.add_argument("--filler-tokens", type=int, nargs="+", default=[0, 32, 128, 512])
     attacks.add_argument("--turns", type=int, nargs="+", default=[1, 2, 3, 4])
-    for sub in (relearn, sequential, efficiency, zeroshot, attacks):
+    shapes = studies.add_parser("gate-shapes", help="gate TPR/FPR on questions as cloze, plain text and chat turns")
+    shapes.add_argument("--n-values", type=int, nargs="+", default=[10, 20, 40], help="numbers of features N")
+    for sub in (relearn, sequential, efficiency, zeroshot, attacks, shapes):
         add_setup_args(sub)
         sub.set_defaults(func=_run)

@@ -14,11 +14,13 @@ from dsg_lens.baselines.compare import compare_methods
 from dsg_lens.baselines.rmu import RMUConfig, rmu_unlearn
 from dsg_lens.gate import WindowGate
 from dsg_lens.guardrail import DynamicSAEGuardrail
-from dsg_lens.pipeline import fit_guardrail
+from dsg_lens.pipeline import fit_guardrail, is_calibration_question, load_questions
+from dsg_lens.stats import collect_latent_stats
 from dsg_lens.sae_view import hook_layer, sae_hook_name
 from dsg_lens.studies.attacks import PARAPHRASES, attack_study, default_attacks
 from dsg_lens.studies.common import Setup, save_result
 from dsg_lens.studies.efficiency import EfficiencyConfig, efficiency_study
+from dsg_lens.studies.gate_shapes import GateShapesConfig, gate_shapes_study
 from dsg_lens.studies.relearn import RelearnConfig, relearn_study
 from dsg_lens.studies.sequential import SequentialConfig, embedded_topics, sequential_study
 from dsg_lens.studies.zeroshot import ANIMAL_TOPIC, ZeroShotConfig, zeroshot_study
@@ -105,3 +107,19 @@ def run_attacks(setup: Setup, out_dir: str | Path, *, window: int = 32,
                           batch_size=setup.config.batch_size, out_dir=None, progress=progress)
     result["params"]["window"] = window
     return save_result(result, out_dir, "attacks")
+
+
+def run_gate_shapes(setup: Setup, out_dir: str | Path, config: GateShapesConfig | None = None,
+                    progress: bool = True) -> dict[str, Any]:
+    """Gate TPR/FPR by input shape on the setup's questions; tau from the retain corpus or from the held-out
+    calibration split of the retain questions (:func:`~dsg_lens.pipeline.is_calibration_question`)."""
+    cfg = setup.config
+    config = config or GateShapesConfig(p_ratio=cfg.p_ratio, p_dyn=cfg.p_dyn)
+    forget = collect_latent_stats(setup.model, setup.sae, setup.forget_texts, batch_size=cfg.batch_size,
+                                  progress=progress)
+    retain = collect_latent_stats(setup.model, setup.sae, setup.retain_texts, batch_size=cfg.batch_size,
+                                  progress=progress)
+    held_out = [q for q in load_questions(cfg.retain_questions) if is_calibration_question(q)]
+    result = gate_shapes_study(setup.model, setup.sae, forget, retain, setup.forget_questions,
+                               setup.retain_questions, held_out, setup.retain_texts, config, progress=progress)
+    return save_result(result, out_dir, "gate_shapes")

@@ -15,6 +15,8 @@ Expected keys (extra keys are ignored):
   ``"filler_tokens"`` (dilution); one panel per metric (e.g. ``forget_acc``, ``retain_acc``, ``blocked``).
 - :func:`ablation_bars`: ``{"latents": [ids], "effects": {series: [one value per latent]}, "metric": str}``
   (series e.g. ``forget`` / ``retain``).
+- :func:`gate_shape_bars`: ``{"params": {...}, "rows": [{"n", "gate", "calibration", "by_shape": {shape: {"tpr",
+  "fpr"}}}]}`` (:mod:`dsg_lens.studies.gate_shapes`).
 """
 
 from __future__ import annotations
@@ -206,4 +208,32 @@ def ablation_bars(data: Mapping[str, Any], stem: str | Path) -> list[Path]:
         ax.set_xlabel("ablated SAE latent")
         ax.set_ylabel(_pretty(str(data.get("metric", "effect"))))
         ax.legend(loc="best")
+    return figure_paths(stem)
+
+
+def gate_shape_bars(data: Mapping[str, Any], stem: str | Path, n: int | None = None,
+                    calibration: str = "questions") -> list[Path]:
+    """Gate TPR (bars) and FPR (black ticks) per input shape, one bar group per gate, for the rows with ``n``
+    features (default: the middle of the study's N values) and tau calibrated on ``calibration``
+    (:mod:`dsg_lens.studies.gate_shapes`)."""
+    _need(data, ("rows", "params"), "gate shapes")
+    n_values = sorted({r["n"] for r in data["rows"]})
+    n = n if n is not None else n_values[len(n_values) // 2]
+    rows = [r for r in data["rows"] if r["n"] == n and r["calibration"] == calibration]
+    if not rows:
+        raise ValueError(f"no gate-shape rows with n={n} and calibration={calibration!r}")
+    shapes = list(rows[0]["by_shape"])
+    width = 0.8 / len(rows)
+    with styled_figure(stem, width=max(4.5, 1.3 * len(shapes) + 1.5), height=2.9) as (fig, (ax,)):
+        for i, row in enumerate(rows):
+            offsets = [x + (i - (len(rows) - 1) / 2) * width for x in range(len(shapes))]
+            ax.bar(offsets, [row["by_shape"][s]["tpr"] for s in shapes], width=width, color=color(row["gate"]),
+                   label=row["gate"])
+            ax.scatter(offsets, [row["by_shape"][s]["fpr"] for s in shapes], marker="_", color="black", s=60,
+                       zorder=3, label="FPR (retain)" if i == 0 else None)
+        ax.set_xticks(range(len(shapes)), [s.replace("_", " ") for s in shapes])
+        ax.set_ylabel("gate on at the last token")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"TPR on forget questions (bars), FPR on retain (ticks); N={n}, tau from {calibration}")
+        ax.legend(loc="upper right", fontsize="small")
     return figure_paths(stem)

@@ -14,6 +14,7 @@ figure                       drawn from                                         
 ``sequential``               JSON with ``stages`` + ``methods``                    :func:`~.figures.curves`
 ``dilution``                 JSON with ``filler_tokens`` + ``methods``             :func:`~.figures.curves`
 ``latent_ablation``          JSON with ``latents`` + ``effects``                   :func:`~.figures.ablation_bars`
+``gate_shapes``              JSON whose ``rows`` have ``by_shape``                 :func:`~.figures.gate_shape_bars`
 ==========================  ====================================================  ==============================
 
 A sweep is named by ``params["method"]`` (else by its folder; a ``sweep.json`` at the top is ``dsg``). When one
@@ -34,6 +35,7 @@ from dsg_lens.viz.adapters import comparison_sweeps, dilution_curves, relearn_cu
 from dsg_lens.viz.figures import (
     ablation_bars,
     clamp_sweep,
+    gate_shape_bars,
     curves,
     latent_scatter,
     latent_scores,
@@ -80,6 +82,9 @@ def _jobs_for(data: dict[str, Any], rel: Path, sweeps: dict[str, dict[str, Any]]
     for x_key, kind in CURVE_KINDS.items():
         if x_key in data and "methods" in data:
             jobs.append((kind, label, partial(curves, data)))
+    rows = data.get("rows")
+    if isinstance(rows, list) and rows and all(isinstance(r, dict) and "by_shape" in r for r in rows):
+        jobs.append(("gate_shapes", label, partial(gate_shape_bars, data)))
     if "latents" in data and "effects" in data:
         jobs.append(("latent_ablation", label, partial(ablation_bars, data)))
     return jobs
