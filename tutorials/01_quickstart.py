@@ -26,8 +26,10 @@ import torch
 
 import dsg_lens as dsg
 from dsg_lens.data.loaders import load_embedded_benchmark, load_embedded_corpus
+from dsg_lens.eval.gate_stats import question_inputs
 from dsg_lens.eval.mcq import score_mcq
 from dsg_lens.models import load_embedded_sae, load_model
+from dsg_lens.pipeline import is_calibration_question
 from dsg_lens.viz.attribution import latent_attribution, plot_attribution
 from dsg_lens.viz.token_views import gate_view, latents_view
 
@@ -54,20 +56,28 @@ print("selected latents:", features.ids)
 
 # %% [markdown]
 # ## 2. Fit and attach the guardrail
-# tau = 95th percentile of rho (the share of tokens where any selected latent fires) over retain texts. When a
-# sequence's rho exceeds tau, the selected latents are clamped to -c at the tokens where they fire; the SAE's
-# reconstruction error is kept, so text the gate does not flag is left bit-identical.
+# The default gate is causal: at each token it looks at the share of fired tokens among the last 32 real tokens
+# (from the 8th on) and, once that exceeds tau, stays on for the rest of the sequence; at the tokens where a
+# selected latent fires, the selected latents are clamped to -c. The SAE's reconstruction error is kept, so text
+# the gate does not flag is left bit-identical. tau is the 95th percentile of the gate's score on retain inputs
+# of the shape the guardrail will meet: held-out retain questions (as cloze contexts, plain questions and chat
+# turns), never the ones we evaluate.
 
 # %%
-guard = dsg.DynamicSAEGuardrail.fit(model, sae, features, retain_texts, p_dyn=95, clamp=500, progress=False)
+retain_all = load_embedded_benchmark("retain")
+held_out = [q for q in retain_all if is_calibration_question(q)][:40]
+calibration = [text for shape in ("cloze", "plain", "chat") for text in question_inputs(model, held_out, shape)]
+guard = dsg.DynamicSAEGuardrail.fit(model, sae, features, calibration, p_dyn=95, clamp=500, progress=False)
 print(guard)
 
 # %% [markdown]
 # ## 3. Evaluate on a few benchmark questions, without and with the guardrail
+# Scoring is leak-free: each candidate answer is scored as a continuation of its context, and the causal gate
+# never sees a candidate before predicting it; the PMI reference runs without the guardrail.
 
 # %%
 forget_q = load_embedded_benchmark("forget")[:12]
-retain_q = load_embedded_benchmark("retain")[:12]
+retain_q = [q for q in retain_all if not is_calibration_question(q)][:12]
 
 
 def accuracy() -> dict[str, float]:
@@ -83,7 +93,7 @@ print(f"retain accuracy: {base['retain']:.2f} -> {guarded['retain']:.2f} (should
 
 # %% [markdown]
 # ## 4. Look at it
-# The gate view colours each token red when a selected latent fires there and shows rho against tau; the
+# The gate view colours each token red when a selected latent fires there and shows the gate's score against tau; the
 # multi-latent view shows each selected latent's activations. Both are self-contained HTML (they work offline);
 # in a notebook, leave the view as a cell's last expression to display it inline.
 

@@ -79,7 +79,11 @@ retain_stats = dsg.collect_latent_stats(model, sae, retain_chunks, batch_size=4)
 forget_stats.save(results / "stats_forget")
 retain_stats.save(results / "stats_retain")
 features = dsg.select_features(forget_stats, retain_stats, n=30, p_ratio=90)  # the paper's cyber setting
-guard = dsg.DynamicSAEGuardrail.fit(model, sae, features, retain_chunks, p_dyn=95, clamp=500, batch_size=4)
+# The paper's setting: its per-sequence gate ("paper", not causal: right here, where the chat protocol reads one
+# answer position per pass) calibrated on the retain chunks. For continuations and generation use the default
+# causal gate, calibrated on retain inputs shaped like the questions.
+guard = dsg.DynamicSAEGuardrail.fit(model, sae, features, retain_chunks, p_dyn=95, clamp=500, gate="paper",
+                                    batch_size=4)
 guard.save(results / "guardrail")
 print(guard)
 

@@ -60,7 +60,7 @@ print(format_table(result))
 
 # %%
 paper = DynamicSAEGuardrail.fit(model, sae, result["methods"]["dsg_paper"]["features"], setup.retain_texts,
-                                progress=False)
+                                gate="paper", progress=False)
 window = DynamicSAEGuardrail.fit(model, sae, paper.latent_ids, setup.retain_texts, gate=WindowGate(window=32),
                                  progress=False)
 attacks = default_attacks(model, setup.retain_texts, filler_tokens=(0, 128, 512), turns=(), paraphrases=())
