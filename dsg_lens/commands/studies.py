@@ -38,8 +38,9 @@ def _run(args: argparse.Namespace) -> None:
         result = runners.run_gate_shapes(setup, args.out, config, progress=progress)
         summary = [{k: r[k] for k in ("n", "gate", "calibration", "tau", "by_shape")} for r in best_rows(result)[:5]]
     else:
-        result = runners.run_attacks(setup, args.out, window=setup.config.window, filler_tokens=tuple(args.filler_tokens),
-                                     turns=tuple(args.turns), progress=progress)
+        result = runners.run_attacks(setup, args.out, window=setup.config.window,
+                                     filler_tokens=tuple(args.filler_tokens), turns=tuple(args.turns),
+                                     progress=progress)
         summary = {"retain": {k: {m: v[m] for m in ("fpr", "retain_acc")} for k, v in result["retain"].items()},
                    "attacks": {a: [{"strength": r["strength"], "base_acc": r["base_acc"], **r["guards"]} for r in rows]
                                for a, rows in result["attacks"].items()}}

@@ -98,7 +98,8 @@ def run_attacks(setup: Setup, out_dir: str | Path, *, window: int = 32,
     paper = _guard(setup, progress)
     robust = DynamicSAEGuardrail.fit(setup.model, setup.sae, paper.features or paper.latent_ids,
                                      setup.retain_texts, p_dyn=setup.config.p_dyn, clamp=setup.config.clamp,
-                                     clamp_scale=setup.config.clamp_scale, gate=WindowGate(window=window, min_tokens=setup.config.min_tokens),
+                                     clamp_scale=setup.config.clamp_scale,
+                                     gate=WindowGate(window=window, min_tokens=setup.config.min_tokens),
                                      batch_size=setup.config.batch_size, progress=progress)
     attacks = default_attacks(setup.model, setup.retain_texts, filler_tokens=filler_tokens, turns=turns,
                               paraphrases=paraphrases)

@@ -88,8 +88,16 @@ def latent_scatter(data: Mapping[str, Any], stem: str | Path) -> list[Path]:
     return figure_paths(stem)
 
 
+SCORE_AXES = {
+    "paper": "rho (share of tokens where a selected latent fires)",
+    "prefix": "gate score (largest share of fired tokens in a prefix)",
+    "window": "gate score (largest share of fired tokens in a window)",
+}
+"""The x label of :func:`rho_histogram` per gate kind (``data["gate"]["kind"]``)."""
+
+
 def rho_histogram(data: Mapping[str, Any], stem: str | Path, bins: int = 30) -> list[Path]:
-    """Histograms of the gate score rho on forget and retain texts, with the threshold tau."""
+    """Histograms of the gate score (rho for the paper's gate) on forget and retain texts, with tau."""
     _need(data, ("scores_forget", "scores_retain", "tau"), "rho histogram")
     forget, retain = np.asarray(data["scores_forget"], float), np.asarray(data["scores_retain"], float)
     tau = float(data["tau"])
@@ -101,7 +109,7 @@ def rho_histogram(data: Mapping[str, Any], stem: str | Path, bins: int = 30) -> 
             ax.hist(values, bins=edges, color=color(name), alpha=0.55,
                     label=f"{name} (n={values.size}, {share:.0%} > tau)")
         ax.axvline(tau, color=color("tau"), linestyle="--", linewidth=1.0, label=f"tau = {tau:.3f}")
-        ax.set_xlabel("rho (share of tokens where a selected latent fires)")
+        ax.set_xlabel(SCORE_AXES.get(str(data.get("gate", {}).get("kind", "paper")), "gate score"))
         ax.set_ylabel("texts")
         ax.legend(loc="upper right")
     return figure_paths(stem)
