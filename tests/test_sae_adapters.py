@@ -451,3 +451,62 @@ def test_check_sae_fits_model_with_an_explicit_hook_and_no_hook_name_in_the_meta
     assert check_sae_fits_model(tiny_gpt2, sae, hook_name=HOOK) == HOOK  # was: 'NoneType' has no 'endswith'
     with pytest.raises(ValueError, match="hook_name"):
         check_sae_fits_model(tiny_gpt2, sae)
+
+
+MODEL_CASES = [c for c in CASES if c.arch in ("standard", "jumprelu", "gated", "topk", "batchtopk")
+               and c.apply_b_dec]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=st.sampled_from(MODEL_CASES), data=st.data())
+def test_attached_guardrail_equals_saelens_encode_clamp_decode(tiny_gpt2, case, data):
+    """The guardrail on a model, for every architecture x normalisation: at the hook its output equals SAELens
+    encode -> clamp -> decode + error at the fired real tokens where the gate is on, and the input elsewhere."""
+    import dsg_lens as dsg
+
+    sae = build_sae(Case(case.arch, case.norm, case.apply_b_dec, case.rescale, d_in=16, d_sae=48),
+                    seed=data.draw(st.integers(0, 50)))
+    ids = data.draw(st.lists(st.integers(0, 47), min_size=1, max_size=6, unique=True))
+    clamp = data.draw(st.sampled_from([5.0, 500.0]))
+    guard = dsg.DynamicSAEGuardrail(sae, ids, dsg.WindowGate(tau=0.1, window=4, min_tokens=2), clamp=clamp)
+    words = [f"w{i}" for i in data.draw(st.lists(st.integers(0, 43), min_size=3, max_size=10))]
+    tokens = tiny_gpt2.to_tokens([" ".join(words), " ".join(words[::-1][:3])], padding_side="right")
+    store: dict = {}
+    with dsg.scoped_hooks(tiny_gpt2, dsg.cache_spec(HOOK, store, key="before", order=-1)):
+        with guard.attached(tiny_gpt2):
+            with dsg.scoped_hooks(tiny_gpt2, dsg.cache_spec(HOOK, store, key="after")):
+                tiny_gpt2(tokens)
+    x = store["before"]
+    with torch.no_grad():
+        real = ~torch.isin(tokens, torch.tensor(tiny_gpt2.tokenizer.all_special_ids))
+        fired = (sae.encode(x)[..., ids] > 0).any(-1) & real
+        on = guard.gate.decisions(fired, real) & fired
+    expected = saelens_edit(sae, x, ids, on, torch.full((len(ids),), -clamp))
+    scale = 1e-4 * max(1.0, clamp / 5)
+    torch.testing.assert_close(store["after"], expected, atol=scale, rtol=1e-4)
+    assert torch.equal(store["after"][~on], x[~on])
+
+
+@pytest.mark.parametrize("case", [Case("standard", n, d_in=16, d_sae=48) for n in NORMS]
+                         + [Case("topk", "none", rescale=True, d_in=16, d_sae=48)], ids=str)
+def test_attached_guardrail_edits_normalised_saes_like_saelens(tiny_gpt2, case):
+    """The same check with the gate always on, so every example edits (the property test may draw none)."""
+    import dsg_lens as dsg
+
+    sae = build_sae(case, seed=3)
+    ids = [0, 1, 2, 3, 4, 5]
+    guard = dsg.DynamicSAEGuardrail(sae, ids, dsg.PaperGate(-1.0), clamp=50.0)
+    tokens = tiny_gpt2.to_tokens(["w1 w2 w3 w4 w5 w6", "w7 w8 w9"], padding_side="right")
+    store: dict = {}
+    with dsg.scoped_hooks(tiny_gpt2, dsg.cache_spec(HOOK, store, key="before", order=-1)):
+        with guard.attached(tiny_gpt2):
+            with dsg.scoped_hooks(tiny_gpt2, dsg.cache_spec(HOOK, store, key="after")):
+                tiny_gpt2(tokens)
+    x = store["before"]
+    with torch.no_grad():
+        real = ~torch.isin(tokens, torch.tensor(tiny_gpt2.tokenizer.all_special_ids))
+        on = (sae.encode(x)[..., ids] > 0).any(-1) & real
+    assert on.sum() >= 3
+    expected = saelens_edit(sae, x, ids, on, torch.full((len(ids),), -50.0))
+    torch.testing.assert_close(store["after"], expected, atol=1e-3, rtol=1e-4)
+    assert not torch.allclose(store["after"], x)
