@@ -32,8 +32,26 @@ from dsg_lens.stats import LatentStats, collect_latent_stats
 from dsg_lens.tokens import chunk_corpus
 from dsg_lens.tracking import token_tracker
 
+# the evaluation and baselines users call next to the core (they import the core, so they come last)
+from dsg_lens.eval.corpus import corpus_loss  # noqa: E402
+from dsg_lens.eval.gate_stats import gate_rates_by_shape, question_inputs  # noqa: E402
+from dsg_lens.eval.mcq import filter_base_correct, score_mcq  # noqa: E402
+from dsg_lens.eval.sweep import pareto_front, run_sweep, unlearning_score  # noqa: E402
+from dsg_lens.baselines import RMUConfig, StaticClamp, rmu_unlearn  # noqa: E402
+
 __all__ = [
     "DEFAULT_GATE",
+    "RMUConfig",
+    "StaticClamp",
+    "corpus_loss",
+    "filter_base_correct",
+    "gate_rates_by_shape",
+    "pareto_front",
+    "question_inputs",
+    "rmu_unlearn",
+    "run_sweep",
+    "score_mcq",
+    "unlearning_score",
     "AttachedHook",
     "DynamicSAEGuardrail",
     "FeatureSet",

@@ -310,3 +310,12 @@ def test_batches_and_hook_use_the_same_rule(planted):
     with dsg.scoped_hooks(model, spec):
         model(batch.tokens)
     assert torch.equal(seen["real"], batch.real)
+
+
+def test_package_exports_what_users_call():
+    import dsg_lens
+
+    for name in ("score_mcq", "run_sweep", "StaticClamp", "rmu_unlearn", "DynamicSAEGuardrail", "WindowGate",
+                 "PrefixGate", "PaperGate", "scoped_hooks", "suspended", "adapter_for", "reference_edit"):
+        assert name in dsg_lens.__all__ and hasattr(dsg_lens, name)
+    assert all(hasattr(dsg_lens, name) for name in dsg_lens.__all__)
