@@ -101,6 +101,7 @@ class PipelineConfig:
     window: int = 32  # real tokens in the window gate's window
     min_tokens: int = 8  # real tokens a causal gate waits for before deciding
     calibration: str = "questions"  # tau on held-out retain questions in the evaluated shape, or on the "corpus"
+    device: str | None = None  # model device; None: TransformerLens's choice (cuda when visible)
 
     def make_gate(self) -> Gate:
         """The (uncalibrated) gate these settings name."""

@@ -1,6 +1,12 @@
-"""Tiny models, tokenizer and SAEs with fixed seeds (no network)."""
+"""Tiny models, tokenizer and SAEs with fixed seeds (no network).
+
+``DSG_TEST_DEVICE`` (default ``cpu``) is the device they are built on: ``DSG_TEST_DEVICE=cuda python -m pytest``
+runs the suite with the tiny models and SAEs on the GPU (weights drawn on the CPU with the same seeds, then moved).
+"""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -14,6 +20,46 @@ SPECIALS = ["<bos>", "<eos>", "<pad>"]
 WORDS = [f"w{i}" for i in range(44)] + ["cat", "dog", "fox"]  # 3 + 47 = 50 tokens
 FORGET_WORDS = ["cat", "dog", "fox"]
 D_VOCAB = len(SPECIALS) + len(WORDS)
+DEVICE_ENV = "DSG_TEST_DEVICE"
+
+
+def resolve_test_device() -> str:
+    """The device named by ``$DSG_TEST_DEVICE`` ("cpu" when unset or empty)."""
+    return os.environ.get(DEVICE_ENV, "").strip() or "cpu"
+
+
+def check_test_device(name: str) -> str:
+    """``name`` if torch can build tensors there, else a ``pytest.UsageError`` that says why."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise pytest.UsageError(f"{DEVICE_ENV}={name!r} is not a torch device: {err}") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise pytest.UsageError(
+                f"{DEVICE_ENV}={name!r} but torch {torch.__version__} sees no CUDA device "
+                "(unset it to run on the CPU)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise pytest.UsageError(f"{DEVICE_ENV}={name!r} but only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise pytest.UsageError(f"{DEVICE_ENV}={name!r} but MPS is not available")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise pytest.UsageError(f"{DEVICE_ENV}={name!r}: only cpu, cuda[:i] and mps are supported")
+    return name
+
+
+TEST_DEVICE = resolve_test_device()
+"""The device of the tiny models and SAEs (checked when pytest starts: :func:`pytest_configure`)."""
+
+
+def pytest_configure(config):
+    check_test_device(TEST_DEVICE)
+
+
+@pytest.fixture(scope="session")
+def tiny_device() -> torch.device:
+    """The device the tiny models and SAEs are on (``$DSG_TEST_DEVICE``, default cpu)."""
+    return torch.device(TEST_DEVICE)
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +76,7 @@ def tiny_tokenizer(tmp_path_factory):
 def _gpt2_cfg() -> HookedTransformerConfig:
     return HookedTransformerConfig(
         n_layers=2, d_model=16, n_ctx=64, d_head=4, n_heads=4, d_mlp=32, d_vocab=D_VOCAB, act_fn="gelu",
-        normalization_type="LN", device="cpu", seed=0, default_prepend_bos=True,
+        normalization_type="LN", device=TEST_DEVICE, seed=0, default_prepend_bos=True,
     )
 
 
@@ -38,7 +84,7 @@ def _llama_cfg() -> HookedTransformerConfig:
     return HookedTransformerConfig(
         n_layers=2, d_model=16, n_ctx=64, d_head=4, n_heads=4, d_mlp=32, d_vocab=D_VOCAB, act_fn="silu",
         normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=4, gated_mlp=True,
-        n_key_value_heads=2, final_rms=True, device="cpu", seed=0, default_prepend_bos=True,
+        n_key_value_heads=2, final_rms=True, device=TEST_DEVICE, seed=0, default_prepend_bos=True,
     )
 
 
@@ -76,6 +122,8 @@ def make_sae(kind: str = "standard", d_in: int = 16, d_sae: int = 64, hook_name:
         sae.W_dec.normal_(0, 0.3)
         sae.b_enc.fill_(bias)
         sae.b_dec.normal_(0, 0.1)
+    if TEST_DEVICE != "cpu":
+        sae = sae.to(TEST_DEVICE)  # drawn on the CPU (same weights on every device), then moved
     return sae.eval()
 
 
@@ -104,7 +152,7 @@ def planted_setup(model: HookedTransformer, planted: int = 5, d_sae: int = 32):
     on the rotary model) whose latent `planted` reads u with a bias so it fires only on forget words."""
     tok = model.tokenizer
     forget_ids = [tok.convert_tokens_to_ids(w) for w in FORGET_WORDS]
-    u = torch.zeros(model.cfg.d_model)
+    u = torch.zeros(model.cfg.d_model, device=model.cfg.device)
     u[0] = 1.0
     with torch.no_grad():
         model.W_E[:, 0] = 0.0

@@ -39,7 +39,6 @@ def rmu_overrides(args: argparse.Namespace) -> dict:
 
 def add_setup_args(parser: argparse.ArgumentParser) -> None:
     add_config_args(parser)
-    parser.add_argument("--device", default=None, help="model device (default: TransformerLens's choice)")
     parser.add_argument("--out", required=True, help="output folder")
 
 
@@ -48,7 +47,7 @@ def _compare(args: argparse.Namespace) -> None:
     from dsg_lens.studies.common import load_setup
     from dsg_lens.studies.runners import default_rmu, run_compare
 
-    setup = load_setup(config_from_args(args), device=args.device, progress=not args.quiet)
+    setup = load_setup(config_from_args(args), progress=not args.quiet)
     result = run_compare(setup, args.out, window=setup.config.window, rmu=default_rmu(setup, **rmu_overrides(args)),
                          methods=args.methods, progress=not args.quiet)
     print(format_table(result))

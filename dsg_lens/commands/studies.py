@@ -14,7 +14,7 @@ def _run(args: argparse.Namespace) -> None:
     from dsg_lens.studies import runners
     from dsg_lens.studies.common import load_setup
 
-    setup = load_setup(config_from_args(args), device=args.device, progress=not args.quiet)
+    setup = load_setup(config_from_args(args), progress=not args.quiet)
     progress = not args.quiet
     if args.study == "relearn":
         result = runners.run_relearn(setup, args.out, n_examples=args.examples, steps=args.steps, lr=args.lr,
