@@ -36,7 +36,7 @@ from dsg_lens.tracking import token_tracker
 from dsg_lens.eval.corpus import corpus_loss  # noqa: E402
 from dsg_lens.eval.gate_stats import gate_rates_by_shape, question_inputs  # noqa: E402
 from dsg_lens.eval.mcq import filter_base_correct, score_mcq  # noqa: E402
-from dsg_lens.eval.sweep import pareto_front, run_sweep, unlearning_score  # noqa: E402
+from dsg_lens.eval.sweep import pareto_front, run_question_sweep, run_sweep, unlearning_score  # noqa: E402
 from dsg_lens.baselines import RMUConfig, StaticClamp, rmu_unlearn  # noqa: E402
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "pareto_front",
     "question_inputs",
     "rmu_unlearn",
+    "run_question_sweep",
     "run_sweep",
     "score_mcq",
     "unlearning_score",

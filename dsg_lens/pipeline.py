@@ -179,13 +179,8 @@ def evaluate_questions(
     model: nn.Module, forget_q: list[MCQ], retain_q: list[MCQ], protocol: str, batch_size: int, progress: bool
 ) -> dict[str, Any]:
     """Forget and retain accuracy (with 95% CIs) of ``model`` as it is now (guardrail attached or not)."""
-    out: dict[str, Any] = {}
-    for name, questions in (("forget", forget_q), ("retain", retain_q)):
-        result = score_mcq(model, questions, protocol, batch_size=batch_size, progress=progress)
-        out[f"{name}_acc"] = result.accuracy
-        out[f"{name}_ci95"] = list(result.ci95)
-        out[f"{name}_n"] = result.n
-    return out
+    return mcq.question_metrics({name: score_mcq(model, qs, protocol, batch_size=batch_size, progress=progress)
+                                 for name, qs in (("forget", forget_q), ("retain", retain_q))})
 
 
 def base_correct_questions(model: nn.Module, cfg: PipelineConfig, progress: bool) -> tuple[list[MCQ], list[MCQ]]:

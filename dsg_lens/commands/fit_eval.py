@@ -37,7 +37,7 @@ def _load(cfg: PipelineConfig):
     from dsg_lens.models import load_model
     from dsg_lens.pipeline import load_sae
 
-    model = load_model(cfg.model)
+    model = load_model(cfg.model, device=cfg.device)
     return model, load_sae(cfg.sae, device=model.cfg.device)
 
 
@@ -81,7 +81,7 @@ def _sweep(args: argparse.Namespace) -> None:
 
     result = sweep_embedded(config_from_args(args), args.out, n_values=args.n_values, clamp_values=args.clamp_values,
                             p_ratio_values=args.p_ratio_values, p_dyn_values=args.p_dyn_values,
-                            relative=args.relative, progress=not args.quiet)
+                            relative=args.relative, naive=args.naive, progress=not args.quiet)
     print(json.dumps({"score": result.score(), "pareto": result.pareto()}, indent=2))
 
 
@@ -109,5 +109,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sweep.add_argument("--p-ratio-values", type=float, nargs="+", default=[95.0])
     sweep.add_argument("--p-dyn-values", type=float, nargs="+", default=[90.0, 95.0, 99.0])
     sweep.add_argument("--relative", action="store_true", help="clamp values are multiples of the residual norm")
+    sweep.add_argument("--naive", action="store_true",
+                       help="re-score every question under every configuration (the reference; default: only the "
+                            "questions each configuration's guardrail clamps)")
     sweep.add_argument("--out", default="dsg_out/sweep")
     sweep.set_defaults(func=_sweep)

@@ -32,9 +32,10 @@ import math
 import os
 import re
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from jaxtyping import Float
@@ -53,12 +54,16 @@ __all__ = [
     "MCQResult",
     "PROTOCOLS",
     "QuestionResult",
+    "ScoredSequence",
     "base_correct_ids",
+    "chat_prompt",
     "clear_reference_cache",
     "continuation_log_probs",
     "filter_base_correct",
+    "lm_eval_prompt",
     "reference_log_probs",
     "score_mcq",
+    "scored_sequences",
     "wilson_interval",
 ]
 
@@ -143,6 +148,17 @@ class MCQResult:
         }
 
 
+def question_metrics(results: Mapping[str, MCQResult]) -> dict[str, object]:
+    """``{side}_acc``, ``{side}_ci95`` and ``{side}_n`` for each side's scoring (e.g. ``forget``, ``retain``): the
+    metrics of :func:`dsg_lens.pipeline.evaluate_questions`."""
+    out: dict[str, object] = {}
+    for side, result in results.items():
+        out[f"{side}_acc"] = result.accuracy
+        out[f"{side}_ci95"] = list(result.ci95)
+        out[f"{side}_n"] = result.n
+    return out
+
+
 def _ids(model: nn.Module, text: str, prepend_bos: bool) -> list[int]:
     return model.to_tokens(text, prepend_bos=prepend_bos, truncate=False)[0].tolist()
 
@@ -166,7 +182,8 @@ def _listing(q: MCQ) -> str:
     return q.question + "".join(f"\n{LETTERS[i]}. {c}" for i, c in enumerate(q.choices))
 
 
-def _chat_prompt(model: nn.Module, q: MCQ) -> str:
+def chat_prompt(model: nn.Module, q: MCQ) -> str:
+    """The ``"chat"`` protocol's prompt text: the chat template around the listing, the answer turn opened."""
     tokenizer = model.tokenizer
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError("the 'chat' protocol needs a tokenizer with a chat template; this one has none: use "
@@ -174,6 +191,19 @@ def _chat_prompt(model: nn.Module, q: MCQ) -> str:
     turn = tokenizer.apply_chat_template([{"role": "user", "content": _listing(q)}], tokenize=False,
                                          add_generation_prompt=True)
     return turn + "Answer: ("
+
+
+def lm_eval_prompt(q: MCQ) -> str:
+    """The ``"lm_eval"`` protocol's prompt text: the listing followed by "Answer:"."""
+    return f"{_listing(q)}\nAnswer:"
+
+
+def _letter_prompts(model: nn.Module, questions: Sequence[MCQ], protocol: str) -> list[list[int]]:
+    """Token ids of each question's prompt under a letter protocol (what the scoring pass runs)."""
+    if protocol == "chat":
+        return [_ids(model, chat_prompt(model, q), prepend_bos=False) for q in questions]
+    default_bos = bool(model.cfg.default_prepend_bos)
+    return [_ids(model, lm_eval_prompt(q), prepend_bos=default_bos) for q in questions]
 
 
 def _forward_log_probs(model: nn.Module, sequences: list[list[int]], spans: list[tuple[int, int]],
@@ -199,12 +229,10 @@ def _letter_scores(model: nn.Module, questions: Sequence[MCQ], protocol: str, ba
     n_choices = len(questions[0].choices)
     if any(len(q.choices) != n_choices for q in questions):
         raise ValueError("letter protocols need the same number of choices in every question")
+    prompts = _letter_prompts(model, questions, protocol)
     if protocol == "chat":
-        prompts = [_ids(model, _chat_prompt(model, q), prepend_bos=False) for q in questions]
         candidates = [_letter_ids(model, n_choices, spaced=False), _letter_ids(model, n_choices, spaced=True)]
     else:
-        default_bos = bool(model.cfg.default_prepend_bos)
-        prompts = [_ids(model, f"{_listing(q)}\nAnswer:", prepend_bos=default_bos) for q in questions]
         candidates = [_letter_ids(model, n_choices, spaced=True)]
     spans = [(len(p) - 1, len(p)) for p in prompts]
     log_probs = _forward_log_probs(model, prompts, spans, batch_size, progress, f"MCQ ({protocol})")
@@ -315,6 +343,16 @@ def _hole_filler(model: nn.Module, rows: list[Row], pairs: Sequence[Pair]) -> in
     return None
 
 
+def _pair_ids(model: nn.Module, context: str, cont: str) -> Pair:
+    """Token ids of a (context, continuation) pair: the context with the model's default BOS, the continuation
+    without."""
+    ctx_ids = _ids(model, context, bool(model.cfg.default_prepend_bos))
+    cont_ids = _ids(model, cont, prepend_bos=False)
+    if not ctx_ids or not cont_ids:
+        raise ValueError(f"empty context or continuation after tokenization: {context!r} + {cont!r}")
+    return tuple(ctx_ids), tuple(cont_ids)
+
+
 def continuation_log_probs(
     model: nn.Module,
     pairs: Sequence[tuple[str, str]],
@@ -337,13 +375,7 @@ def continuation_log_probs(
     """
     if use_kv_cache is None:
         use_kv_cache = supports_kv_cache(model)
-    default_bos = bool(model.cfg.default_prepend_bos)
-    tokenized = []
-    for context, cont in pairs:
-        ctx_ids, cont_ids = _ids(model, context, default_bos), _ids(model, cont, prepend_bos=False)
-        if not ctx_ids or not cont_ids:
-            raise ValueError(f"empty context or continuation after tokenization: {context!r} + {cont!r}")
-        tokenized.append((tuple(ctx_ids), tuple(cont_ids)))
+    tokenized = [_pair_ids(model, context, cont) for context, cont in pairs]
     if not tokenized:
         return []
     run = _continuation_log_probs_cached if use_kv_cache else _continuation_log_probs_full
@@ -467,6 +499,37 @@ def score_mcq(
     )
     label = f"completion-{completion_score}" if protocol == "completion" else protocol
     return MCQResult(label, records)
+
+
+class ScoredSequence(NamedTuple):
+    """A token sequence :func:`score_mcq` runs for question ``question`` (an index), and ``last_read``: the last
+    position whose logits it reads (a position after it cannot change the question's scores)."""
+
+    question: int
+    tokens: tuple[int, ...]
+    last_read: int
+
+
+def scored_sequences(model: nn.Module, questions: Sequence[MCQ], protocol: str = "completion") -> list[ScoredSequence]:
+    """The sequences :func:`score_mcq` scores each question on under ``protocol``, tokenized as it does.
+
+    Letter protocols: the prompt, read at its last position. Completion: context + candidate per choice, read at
+    the positions that predict the candidate's tokens (up to the one before its last token), whether it runs as
+    one pass or continues the context's KV cache. The PMI reference's neutral sequences are not listed: they run
+    with dsg-lens hooks suspended, so no guardrail ever sees them.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}: use one of {PROTOCOLS}")
+    if protocol != "completion":
+        prompts = _letter_prompts(model, questions, protocol)
+        return [ScoredSequence(i, tuple(ids), len(ids) - 1) for i, ids in enumerate(prompts)]
+    out = []
+    for i, q in enumerate(questions):
+        context, candidates, _ = q.cloze()
+        for cand in candidates:
+            ctx_ids, cont_ids = _pair_ids(model, context, cand)
+            out.append(ScoredSequence(i, ctx_ids + cont_ids, len(ctx_ids) + len(cont_ids) - 2))
+    return out
 
 
 def _has_hooks(model: nn.Module) -> bool:

@@ -2,28 +2,33 @@
 
 Cost model: latent statistics are passed in (computed once); per p_ratio, one scan of the calibration texts
 records each token's first-firing rank (:mod:`dsg_lens.scan`), from which tau for every (N, p_dyn) follows without
-running the model again. Only the evaluation itself runs per configuration.
+running the model again. :func:`run_sweep` runs a black-box evaluation per configuration; for multiple-choice
+questions :func:`run_question_sweep` scores every question once without the guardrail and, per configuration,
+re-scores only the questions its guardrail clamps (known from one scan of the scored sequences per p_ratio).
 """
 
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from sae_lens import SAE
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dsg_lens.gate import DEFAULT_GATE, Gate, calibrate_tau, make_gate
+from dsg_lens.data.loaders import MCQ
+from dsg_lens.eval.mcq import MCQResult, QuestionResult, ScoredSequence, question_metrics, score_mcq, scored_sequences
+from dsg_lens.gate import DEFAULT_GATE, Gate, calibrate_tau, clamp_positions, make_gate
 from dsg_lens.guardrail import DynamicSAEGuardrail
-from dsg_lens.scan import gate_scores_from_scan, scan_first_rank
-from dsg_lens.selection import select_features
+from dsg_lens.real_tokens import pad_token_id
+from dsg_lens.scan import RankScan, gate_scores_from_scan, scan_first_rank
+from dsg_lens.selection import FeatureSet, select_features
 from dsg_lens.stats import LatentStats
 from dsg_lens.tokens import TextsOrTokens
 
@@ -61,6 +66,8 @@ class SweepResult:
     rows: list[dict[str, Any]]
     base: Metrics
     params: dict[str, Any] = field(default_factory=dict)
+    question_results: list[dict[str, MCQResult]] = field(default_factory=list)
+    """Per row, each side's per-question scores (:func:`run_question_sweep` only; not saved)."""
 
     def pareto(self) -> list[dict[str, Any]]:
         return pareto_front(self.rows)
@@ -90,6 +97,69 @@ def _values(name: str, values: Sequence[Any]) -> list[Any]:
     return values
 
 
+@dataclass(frozen=True)
+class _SweepPoint:
+    """One configuration of a sweep: its parameters, tau calibrated for it, and its guardrail. ``features`` is
+    the p_ratio's whole ranked selection (the guardrail uses its top ``n``)."""
+
+    p_ratio: float
+    n: int
+    p_dyn: float
+    clamp: float
+    tau: float
+    features: FeatureSet
+    guard: DynamicSAEGuardrail
+
+    def row(self, metrics: Metrics) -> dict[str, Any]:
+        return {"n": self.n, "clamp": self.clamp, "p_ratio": self.p_ratio, "p_dyn": self.p_dyn, "tau": self.tau,
+                **metrics}
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The values a sweep combines (validated on construction), and the guardrail of every combination."""
+
+    n_values: Sequence[int]
+    clamp_values: Sequence[float]
+    p_ratio_values: Sequence[float]
+    p_dyn_values: Sequence[float]
+    clamp_scale: bool
+    gate: Gate
+
+    def __post_init__(self) -> None:
+        for name in ("n_values", "clamp_values", "p_ratio_values", "p_dyn_values"):
+            object.__setattr__(self, name, _values(name, getattr(self, name)))
+
+    @property
+    def size(self) -> int:
+        return len(self.n_values) * len(self.clamp_values) * len(self.p_ratio_values) * len(self.p_dyn_values)
+
+    def points(self, model: nn.Module, sae: SAE, forget: LatentStats, retain: LatentStats,
+               calibration_texts: TextsOrTokens, batch_size: int, progress: bool) -> Iterator[_SweepPoint]:
+        """Every configuration in the order p_ratio, N, p_dyn, clamp; per p_ratio one selection and one scan of
+        the calibration texts, from which tau follows for every (N, p_dyn) (module docstring)."""
+        bar = tqdm(total=self.size, desc="sweep", disable=not progress)
+        for p_ratio in self.p_ratio_values:
+            features = select_features(forget, retain, n=max(self.n_values), p_ratio=p_ratio)
+            scan = scan_first_rank(model, sae, features.ids, calibration_texts, batch_size=batch_size)
+            relative = {"resid_norm": scan.mean_resid_norm} if self.clamp_scale else {}
+            for n in self.n_values:
+                scores = gate_scores_from_scan(scan, self.gate, n, calibration=True)
+                for p_dyn in self.p_dyn_values:
+                    tau = calibrate_tau(scores, p_dyn)
+                    for clamp in self.clamp_values:
+                        scale = {"clamp_scale": clamp, **relative} if self.clamp_scale else {}
+                        guard = DynamicSAEGuardrail(sae, features.top(n), self.gate.with_tau(tau),
+                                                    clamp=0.0 if self.clamp_scale else clamp, **scale)
+                        yield _SweepPoint(p_ratio, n, p_dyn, clamp, tau, features, guard)
+                        bar.update()
+        bar.close()
+
+    def params(self, calibration_texts: TextsOrTokens) -> dict[str, Any]:
+        return {"clamp_is_relative": self.clamp_scale, "n_calibration_texts": len(calibration_texts),
+                "gate": self.gate.to_dict()}
+
+
 def run_sweep(
     model: nn.Module,
     sae: SAE,
@@ -108,35 +178,156 @@ def run_sweep(
     batch_size: int = 8,
     progress: bool = True,
 ) -> SweepResult:
-    """Evaluate the DSG guardrail for every combination of the given values (module docstring for the cost).
+    """Evaluate the DSG guardrail for every combination of the given values (module docstring for the cost):
+    ``evaluate(model)`` runs once per configuration with its guardrail attached. For multiple-choice questions,
+    :func:`run_question_sweep` gives the same rows at a fraction of the cost.
 
     With ``clamp_scale=True`` the ``clamp_values`` are relative clamps (multiples of the residual norm).
     ``gate``: the gate kind and its settings (its tau is calibrated per configuration on ``calibration_texts``);
     default :data:`~dsg_lens.gate.DEFAULT_GATE`.
     """
-    gate = gate or make_gate(DEFAULT_GATE)
-    n_values, clamp_values = _values("n_values", n_values), _values("clamp_values", clamp_values)
-    p_ratio_values, p_dyn_values = _values("p_ratio_values", p_ratio_values), _values("p_dyn_values", p_dyn_values)
+    grid = _Grid(n_values, clamp_values, p_ratio_values, p_dyn_values, clamp_scale, gate or make_gate(DEFAULT_GATE))
     base = dict(base) if base is not None else evaluate(model)
-    configs = list(itertools.product(p_ratio_values, n_values, p_dyn_values, clamp_values))
     rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(configs), desc="sweep", disable=not progress)
-    for p_ratio in p_ratio_values:
-        features = select_features(forget, retain, n=max(n_values), p_ratio=p_ratio)
-        scan = scan_first_rank(model, sae, features.ids, calibration_texts, batch_size=batch_size)
-        for n in n_values:
-            scores = gate_scores_from_scan(scan, gate, n, calibration=True)
-            for p_dyn in p_dyn_values:
-                tau = calibrate_tau(scores, p_dyn)
-                for clamp in clamp_values:
-                    relative = {"clamp_scale": clamp, "resid_norm": scan.mean_resid_norm} if clamp_scale else {}
-                    guard = DynamicSAEGuardrail(
-                        sae, features.top(n), gate.with_tau(tau), clamp=0.0 if clamp_scale else clamp, **relative
-                    )
-                    with guard.attached(model):
-                        metrics = evaluate(model)
-                    rows.append({"n": n, "clamp": clamp, "p_ratio": p_ratio, "p_dyn": p_dyn, "tau": tau, **metrics})
-                    bar.update()
-    bar.close()
-    params = {"clamp_is_relative": clamp_scale, "n_calibration_texts": len(calibration_texts), "gate": gate.to_dict()}
-    return SweepResult(rows, base, params)
+    for point in grid.points(model, sae, forget, retain, calibration_texts, batch_size, progress):
+        with point.guard.attached(model):
+            rows.append(point.row(evaluate(model)))
+    return SweepResult(rows, base, grid.params(calibration_texts))
+
+
+class _SequenceScan:
+    """The scored sequences of some questions, scanned once for a ranked selection: which questions a
+    configuration's guardrail clamps at a position their scores read, and where, without running the model again.
+
+    With a causal gate only each sequence's read positions are scanned (a position's decision does not depend on
+    later tokens), and sequences whose read positions hold the same tokens (candidates sharing their first tokens)
+    share one scanned row; a non-causal gate sees every whole sequence."""
+
+    def __init__(self, model: nn.Module, sae: SAE, ranked_ids: Sequence[int],
+                 sequences: Sequence[tuple[Hashable, ScoredSequence]], causal: bool, batch_size: int):
+        scanned: dict[tuple[int, ...], int] = {}
+        row_of = [scanned.setdefault(seq.tokens[: seq.last_read + 1] if causal else seq.tokens, len(scanned))
+                  for _, seq in sequences]
+        rows = list(scanned)
+        order = sorted(range(len(rows)), key=lambda r: -len(rows[r]))
+        first_rank: list[Tensor] = [torch.empty(0)] * len(rows)
+        real: list[Tensor] = [torch.empty(0)] * len(rows)
+        pad_id = pad_token_id(model)
+        n_ranked = len(ranked_ids)
+        for start in range(0, len(order), batch_size):  # similar lengths together, as the scan's own batches
+            chunk = order[start : start + batch_size]
+            tokens = torch.full((len(chunk), len(rows[chunk[0]])), pad_id, dtype=torch.long)
+            for i, r in enumerate(chunk):
+                tokens[i, : len(rows[r])] = torch.tensor(rows[r], dtype=torch.long)
+            scan = scan_first_rank(model, sae, ranked_ids, tokens, batch_size=len(chunk))
+            n_ranked = scan.n_ranked
+            for i, r in enumerate(chunk):
+                first_rank[r], real[r] = scan.first_rank[i][: len(rows[r])], scan.real[i][: len(rows[r])]
+        self.scan = RankScan(first_rank, real, n_ranked, math.nan)
+        self.row_of = torch.tensor(row_of)
+        width = max(len(row) for row in rows)
+        last_read = torch.tensor([seq.last_read for _, seq in sequences])
+        self.readable = torch.arange(width)[None, :] <= last_read[:, None]
+        self.sequences_of: dict[Hashable, list[int]] = {}
+        for k, (question, _) in enumerate(sequences):
+            self.sequences_of.setdefault(question, []).append(k)
+
+    def clamped(self, gate: Gate, n: int) -> dict[Hashable, bytes]:
+        """Per question that the guardrail (top ``n`` latents, ``gate``) clamps at a position its scores read: the
+        clamp positions of its sequences (equal bytes: equal guarded scores for the same latents and clamp)."""
+        fired, real = self.scan.padded(n)
+        clamps = (clamp_positions(gate, fired, real)[self.row_of] & self.readable).numpy()
+        hit = clamps.any(-1)
+        return {question: clamps[ks].tobytes() for question, ks in self.sequences_of.items() if hit[ks].any()}
+
+
+def run_question_sweep(
+    model: nn.Module,
+    sae: SAE,
+    forget: LatentStats,
+    retain: LatentStats,
+    calibration_texts: TextsOrTokens,
+    forget_questions: Sequence[MCQ],
+    retain_questions: Sequence[MCQ],
+    protocol: str = "completion",
+    *,
+    completion_score: str = "pmi",
+    n_values: Sequence[int] = (10, 20, 40),
+    clamp_values: Sequence[float] = (100.0, 500.0),
+    p_ratio_values: Sequence[float] = (95.0,),
+    p_dyn_values: Sequence[float] = (95.0,),
+    clamp_scale: bool = False,
+    gate: Gate | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> SweepResult:
+    """:func:`run_sweep` with forget/retain multiple-choice accuracy (:func:`~dsg_lens.eval.mcq.score_mcq`) as the
+    evaluation, re-scoring per configuration only the questions its guardrail touches: the same rows (and
+    ``base``), plus ``n_tripped`` (questions clamped at a position their scores read) and ``n_rescored``
+    (questions scored with the guardrail attached) per row; ``result.question_results[i]`` holds row i's
+    per-question scores.
+
+    Where the guardrail clamps nowhere, the guarded pass is bit-identical to the base pass, so a question whose
+    scored sequences (:func:`~dsg_lens.eval.mcq.scored_sequences`) have no clamp at any position up to the last
+    one whose logits are read gets exactly the base scores. Which questions those are comes, for every (N,
+    p_dyn), from one scan of the scored sequences per p_ratio (the ranked latents of the calibration scan;
+    :func:`~dsg_lens.gate.clamp_positions`). A clamped question's guarded scores depend only on the latents, the
+    clamp and the clamp positions, so configurations that clamp it alike (e.g. p_dyn values whose tau trips it at
+    the same position) share one re-scoring. Computed once: base scores, PMI references (cached by
+    :func:`~dsg_lens.eval.mcq.reference_log_probs`), per p_ratio the selection and both scans.
+
+    Gates: a causal gate decides each position from the tokens up to it, so a scan of the scored sequences up to
+    their last read positions gives the clamps of the scoring's own passes, KV-cached continuations included
+    (identical read prefixes, e.g. candidates sharing a first token, are scanned once). The non-causal
+    :class:`~dsg_lens.gate.PaperGate` decides from the whole sequence: under letter protocols (one full pass per
+    prompt) its clamp positions over the whole prompt are exact and it takes the same path; under the completion
+    protocol, whose KV-cached passes show it the context before the candidates, every question is re-scored for
+    every configuration (the naive path, with base scores and references still computed once).
+
+    Footgun: the scan and the scoring run the same tokens in different batches; a latent within float rounding
+    of its threshold can fire in one and not in the other (then a question the scan finds untouched keeps its
+    base scores while the guarded pass would clamp it). :func:`run_sweep` with ``evaluate_questions`` is the
+    reference.
+    """
+    grid = _Grid(n_values, clamp_values, p_ratio_values, p_dyn_values, clamp_scale, gate or make_gate(DEFAULT_GATE))
+    sides = {"forget": list(forget_questions), "retain": list(retain_questions)}
+
+    def score(questions: list[MCQ], show: bool = False) -> MCQResult:
+        return score_mcq(model, questions, protocol, completion_score=completion_score, batch_size=batch_size,
+                         progress=show)
+
+    base = {side: score(questions, progress) for side, questions in sides.items()}
+    fast = grid.gate.causal or protocol != "completion"
+    sequences = [((side, seq.question), seq) for side, questions in sides.items() if fast
+                 for seq in scored_sequences(model, questions, protocol)]
+    scans: dict[float, _SequenceScan] = {}  # per p_ratio
+    shared: dict[tuple[Any, ...], QuestionResult] = {}  # (p_ratio, n, clamp, side, question, clamp positions)
+    rows: list[dict[str, Any]] = []
+    question_results: list[dict[str, MCQResult]] = []
+    points = grid.points(model, sae, forget, retain, calibration_texts, batch_size, progress)
+    for index, point in enumerate(points):
+        results: dict[str, MCQResult] = {}
+        n_tripped = n_rescored = 0
+        if fast and point.p_ratio not in scans:
+            scans[point.p_ratio] = _SequenceScan(model, sae, point.features.ids, sequences, grid.gate.causal,
+                                                 batch_size)
+        clamped = scans[point.p_ratio].clamped(point.guard.gate, point.n) if fast else {}
+        for side, questions in sides.items():
+            if fast:
+                tripped = {q: (point.p_ratio, point.n, point.clamp, side, q, where)
+                           for (of_side, q), where in clamped.items() if of_side == side}
+            else:
+                tripped = {q: ("configuration", index, side, q) for q in range(len(questions))}
+            todo = [q for q, key in tripped.items() if key not in shared]
+            if todo:
+                with point.guard.attached(model):
+                    rescored = score([questions[q] for q in todo])
+                shared.update((tripped[q], record) for q, record in zip(todo, rescored.records))
+            records = [shared[tripped[q]] if q in tripped else record for q, record in enumerate(base[side].records)]
+            results[side] = MCQResult(base[side].protocol, tuple(records))
+            n_tripped, n_rescored = n_tripped + len(tripped), n_rescored + len(todo)
+        rows.append(point.row({**question_metrics(results), "n_tripped": n_tripped, "n_rescored": n_rescored}))
+        question_results.append(results)
+    params = {**grid.params(calibration_texts), "protocol": protocol, "completion_score": completion_score,
+              "rescoring": "clamped questions" if fast else "every question"}
+    return SweepResult(rows, question_metrics(base), params, question_results)
