@@ -190,7 +190,8 @@ def _register(model: nn.Module, resolved: list[tuple[str, HookSpec]], scoped: bo
     entries = [_Entry(AttachedHook(spec.label, name, spec.order, scoped), spec, _suspendable(model, spec.fn))
                for name, spec in resolved]
     tracker = token_tracker(model)
-    tracker.on_pass = lambda: _live(model)
+    model_ref = weakref.ref(model)  # the tracker must not keep the model alive
+    tracker.on_pass = lambda: _live(model_ref()) if model_ref() is not None else None
     for entry in entries:
         if entry.spec.needs_tokens:
             tracker.acquire()

@@ -319,3 +319,17 @@ def test_package_exports_what_users_call():
                  "PrefixGate", "PaperGate", "scoped_hooks", "suspended", "adapter_for", "reference_edit"):
         assert name in dsg_lens.__all__ and hasattr(dsg_lens, name)
     assert all(hasattr(dsg_lens, name) for name in dsg_lens.__all__)
+
+
+def test_attaching_does_not_keep_the_model_alive(tiny_tokenizer):
+    import gc
+    import weakref
+
+    model = make_model("llama", tiny_tokenizer)
+    sae, _ = planted_setup(model)
+    with _guard(sae, PrefixGate(0.3)).attached(model):
+        model(model.to_tokens("w1 cat w2"))
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
