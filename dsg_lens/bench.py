@@ -13,6 +13,15 @@ is forced through ``tau`` (-1: always fired, 1: never fired).
 Memory of ``collect_latent_stats``: on CUDA the peak of ``torch.cuda.max_memory_allocated``; on Linux CPU the
 peak resident set size (``VmHWM`` of ``/proc/self/status``, reset through ``/proc/self/clear_refs`` before each
 run) minus the RSS before the run, for ``stats_batches`` and ``memory_scale`` x as many batches.
+
+Evaluation and sweep cost (optional, ``eval_questions > 0``; :func:`bench_evaluation_cost`): the unit is one
+leak-free evaluation (:func:`~dsg_lens.pipeline.evaluate_questions` of K base-correct forget and retain questions
+with a fitted guardrail attached, PMI reference cache cleared first); a sweep of C configurations on the fast
+path (:func:`~dsg_lens.eval.sweep.run_question_sweep`) and optionally the naive one (:func:`~dsg_lens.eval.sweep.
+run_sweep` with ``evaluate_questions``) are reported as ratios to it. Each is timed once, cache cleared before
+each. A sweep's time is its call alone: base scores, PMI references, per-configuration selection and tau
+calibration, scans and re-scoring; the latent statistics (computed once, shared by the guardrail and the sweeps)
+and the unit guardrail's fit are timed apart and are in no ratio.
 """
 
 from __future__ import annotations
@@ -256,8 +265,15 @@ def run_benchmark(
     memory_scale: int = 10,
     seed: int = 0,
     progress: bool = True,
+    eval_questions: int = 0,
+    sweep_configs: int = 20,
+    naive_sweep: bool = False,
 ) -> dict[str, Any]:
     """Time the guardrail against its baselines on ``model`` (module docstring); returns a JSON-ready dict.
+
+    ``eval_questions`` > 0 adds the ``"evaluation"`` section (:func:`run_evaluation_bench` on the embedded
+    benchmark and corpora: ``eval_questions`` questions per side, ``sweep_configs`` configurations, the naive
+    sweep too with ``naive_sweep``); its guardrail is fitted there (not ``guard``).
 
     ``guard`` defaults to :func:`default_guard` of ``sae``. Forward: ``batch`` x ``seq_len`` tokens. Generation:
     ``batch`` prompts of ``gen_prompt_len`` tokens, ``gen_tokens`` greedy KV-cached tokens (time per generated
@@ -269,6 +285,10 @@ def run_benchmark(
                              ("stats_batches", stats_batches, 0), ("memory_scale", memory_scale, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+    if isinstance(eval_questions, bool) or not isinstance(eval_questions, int) or eval_questions < 0:
+        raise ValueError(f"eval_questions={eval_questions!r} must be an integer >= 0")
+    if eval_questions:
+        sweep_grid(sweep_configs)  # reject a bad grid before the long parts
     if seq_len > model.cfg.n_ctx or gen_prompt_len + gen_tokens > model.cfg.n_ctx:
         raise ValueError(f"seq_len / gen_prompt_len + gen_tokens exceed the model's context n_ctx={model.cfg.n_ctx}")
     guard = guard or default_guard(sae)
@@ -294,6 +314,9 @@ def run_benchmark(
         if stats_batches:
             result["stats"] = _bench_stats(model, sae, device, batch, seq_len, stats_batches, memory_scale, repeats,
                                            warmup, seed, progress)
+    if eval_questions:
+        result["evaluation"] = run_evaluation_bench(model, sae, eval_questions, sweep_configs, naive=naive_sweep,
+                                                    progress=progress)
     result["environment"]["loadavg_before"] = list(load_before)
     result["environment"]["loadavg_after"] = list(os.getloadavg())
     return result
@@ -414,6 +437,181 @@ def _bench_stats(
     return {"variants": summary, "speedup_vs_full_forward": _spread(speedup), "memory": memory}
 
 
+# ------------------------------------------------------------------------------------ evaluation and sweep cost
+SWEEP_N_VALUES = (5, 10, 20, 40, 80)
+SWEEP_P_DYN_VALUES = (80.0, 90.0, 95.0, 99.0)
+SWEEP_GOAL_RATIO = 2.0  # issue 19: a sweep costs at most 2x one evaluation
+
+
+def sweep_grid(configs: int) -> tuple[list[int], list[float]]:
+    """N and p_dyn values of a ``configs``-point grid: the first of :data:`SWEEP_N_VALUES` x the first of
+    :data:`SWEEP_P_DYN_VALUES`, as many p_dyn values as divide ``configs`` (20: 5 N x 4 p_dyn; 2: N=5 x 2 p_dyn)."""
+    if not isinstance(configs, bool) and isinstance(configs, int) and configs >= 1:
+        for n_p in range(len(SWEEP_P_DYN_VALUES), 0, -1):
+            if configs % n_p == 0 and configs // n_p <= len(SWEEP_N_VALUES):
+                return list(SWEEP_N_VALUES[: configs // n_p]), list(SWEEP_P_DYN_VALUES[:n_p])
+    raise ValueError(f"sweep_configs={configs!r} must be a product a x b with 1 <= a <= {len(SWEEP_P_DYN_VALUES)} "
+                     f"p_dyn values and 1 <= b <= {len(SWEEP_N_VALUES)} N values (e.g. 2, 4, 10, 20)")
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    _sync(device)
+    start = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - start
+
+
+def bench_evaluation_cost(
+    model: nn.Module,
+    sae: SAE,
+    forget_texts: Sequence[str],
+    retain_texts: Sequence[str],
+    calibration: Sequence[str],
+    forget_q: Sequence[Any],
+    retain_q: Sequence[Any],
+    *,
+    n_values: Sequence[int],
+    p_dyn_values: Sequence[float],
+    protocol: str = "completion",
+    n: int = 20,
+    p_ratio: float = 95.0,
+    p_dyn: float = 95.0,
+    clamp: float = 500.0,
+    make_gate: Callable[[], Any] | None = None,
+    naive: bool = False,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """One evaluation (the unit), the fast sweep and optionally the naive sweep on the given data (module
+    docstring: what each time includes); returns a JSON-ready dict with the ratios to one evaluation.
+
+    The unit's guardrail: selection (``n``, ``p_ratio``) on statistics of ``forget_texts`` / ``retain_texts``,
+    tau at ``p_dyn`` on ``calibration``, ``clamp``, the gate ``make_gate()`` (default: the default gate). The
+    sweeps: ``n_values`` x ``p_dyn_values`` at that ``p_ratio`` and ``clamp`` on the same statistics.
+    """
+    from dsg_lens.eval.mcq import clear_reference_cache
+    from dsg_lens.eval.sweep import run_question_sweep, run_sweep
+    from dsg_lens.gate import DEFAULT_GATE, make_gate as gate_of
+    from dsg_lens.pipeline import evaluate_questions
+    from dsg_lens.selection import select_features
+
+    new_gate = make_gate or (lambda: gate_of(DEFAULT_GATE))
+    device = torch.device(model.cfg.device)
+    forget_q, retain_q, calibration = list(forget_q), list(retain_q), list(calibration)
+
+    def stats() -> tuple[Any, Any]:
+        return (collect_latent_stats(model, sae, list(forget_texts), batch_size=batch_size, progress=progress),
+                collect_latent_stats(model, sae, list(retain_texts), batch_size=batch_size, progress=progress))
+
+    (forget, retain), stats_s = _timed(stats, device)
+
+    def fit() -> DynamicSAEGuardrail:
+        features = select_features(forget, retain, n=n, p_ratio=p_ratio)
+        return DynamicSAEGuardrail.fit(model, sae, features, calibration, p_dyn=p_dyn, clamp=clamp, gate=new_gate(),
+                                       batch_size=batch_size, progress=progress)
+
+    guard, fit_s = _timed(fit, device)
+
+    def evaluate(m: nn.Module) -> dict[str, Any]:
+        return evaluate_questions(m, forget_q, retain_q, protocol, batch_size, progress=False)
+
+    def one_evaluation() -> dict[str, Any]:
+        with guard.attached(model):
+            return evaluate(model)
+
+    clear_reference_cache(model)
+    metrics, eval_s = _timed(one_evaluation, device)
+    grid = dict(n_values=list(n_values), clamp_values=[clamp], p_ratio_values=[p_ratio],
+                p_dyn_values=list(p_dyn_values), batch_size=batch_size, progress=progress)
+    configs = len(grid["n_values"]) * len(grid["p_dyn_values"])
+    clear_reference_cache(model)
+    fast, fast_s = _timed(lambda: run_question_sweep(model, sae, forget, retain, calibration, forget_q, retain_q,
+                                                     protocol, gate=new_gate(), **grid), device)
+    out: dict[str, Any] = {
+        "questions": {"forget": len(forget_q), "retain": len(retain_q)},
+        "texts": {"forget": len(forget_texts), "retain": len(retain_texts), "calibration": len(calibration)},
+        "protocol": protocol,
+        "guard": {"n": n, "p_ratio": p_ratio, "p_dyn": p_dyn, "clamp": clamp, "tau": float(guard.gate.tau),
+                  "gate": type(guard.gate).__name__},
+        "grid": {**{k: grid[k] for k in ("n_values", "p_dyn_values", "clamp_values", "p_ratio_values")},
+                 "configs": configs},
+        "setup_seconds": {"statistics": stats_s, "unit_guardrail_fit": fit_s},
+        "evaluation": {"seconds": eval_s, "ratio_to_evaluation": 1.0, "metrics": metrics},
+        "sweep_fast": {
+            "seconds": fast_s, "ratio_to_evaluation": fast_s / eval_s, "configs": configs,
+            "ratio_per_config": fast_s / eval_s / configs,
+            "questions_rescored": sum(int(row.get("n_rescored", 0)) for row in fast.rows),
+            "rescoring": fast.params.get("rescoring"),
+        },
+        "includes": {
+            "evaluation": "evaluate_questions with the fitted guardrail attached, PMI reference cache cleared",
+            "sweep": "the sweep call alone (base scores, PMI references, per configuration selection and tau "
+                     "calibration, scans, re-scoring), PMI reference cache cleared; latent statistics excluded",
+        },
+    }
+    if naive:
+        clear_reference_cache(model)
+        _, naive_s = _timed(lambda: run_sweep(model, sae, forget, retain, calibration, evaluate, gate=new_gate(),
+                                              **grid), device)
+        out["sweep_naive"] = {"seconds": naive_s, "ratio_to_evaluation": naive_s / eval_s, "configs": configs,
+                              "ratio_per_config": naive_s / eval_s / configs,
+                              "fast_speedup": naive_s / fast_s}
+    ratio = out["sweep_fast"]["ratio_to_evaluation"]
+    out["goal"] = {"target_ratio": SWEEP_GOAL_RATIO, "ratio": ratio, "met": bool(ratio <= SWEEP_GOAL_RATIO)}
+    return out
+
+
+def run_evaluation_bench(
+    model: nn.Module, sae: SAE, questions: int, configs: int = 20, *, naive: bool = False, corpus_texts: int = 64,
+    cfg: Any = None, progress: bool = False,
+) -> dict[str, Any]:
+    """:func:`bench_evaluation_cost` on the benchmark and corpora of ``cfg`` (default: the embedded ones of
+    :class:`~dsg_lens.pipeline.PipelineConfig`): the first ``questions`` base-correct questions per side, the
+    first ``corpus_texts`` texts of each corpus, tau calibrated on :func:`~dsg_lens.pipeline.calibration_texts`,
+    a :func:`sweep_grid` of ``configs`` configurations."""
+    from dsg_lens.pipeline import PipelineConfig, base_correct_questions, calibration_texts, load_texts
+
+    if isinstance(questions, bool) or not isinstance(questions, int) or questions < 1:
+        raise ValueError(f"questions={questions!r} must be an integer >= 1")
+    n_values, p_dyn_values = sweep_grid(configs)
+    cfg = dataclasses.replace(cfg or PipelineConfig(), max_questions=questions)
+    forget_texts = load_texts(cfg.forget_corpus)[:corpus_texts]
+    retain_texts = load_texts(cfg.retain_corpus)[:corpus_texts]
+    forget_q, retain_q = base_correct_questions(model, cfg, progress)
+    calibration = calibration_texts(model, cfg, retain_texts)
+    out = bench_evaluation_cost(
+        model, sae, forget_texts, retain_texts, calibration, forget_q, retain_q, n_values=n_values,
+        p_dyn_values=p_dyn_values, protocol=cfg.protocol, n=cfg.n, p_ratio=cfg.p_ratio, p_dyn=cfg.p_dyn,
+        clamp=cfg.clamp, make_gate=cfg.make_gate, naive=naive, batch_size=cfg.batch_size, progress=progress,
+    )
+    out["sources"] = {"forget_questions": cfg.forget_questions, "retain_questions": cfg.retain_questions,
+                      "forget_corpus": cfg.forget_corpus, "retain_corpus": cfg.retain_corpus,
+                      "calibration": cfg.calibration, "max_questions": questions, "corpus_texts": corpus_texts}
+    return out
+
+
+def format_evaluation(ev: dict[str, Any]) -> list[str]:
+    """Report lines of the ``"evaluation"`` section (ratios to one evaluation)."""
+    q, g = ev["questions"], ev["grid"]
+    lines = [
+        "", f"evaluation and sweep cost ({q['forget']} forget + {q['retain']} retain questions, {ev['protocol']}; "
+            f"statistics {ev['setup_seconds']['statistics']:.2f} s, excluded)",
+        f"{'run':<32}{'seconds':>10}{'x one evaluation':>18}{'per config':>12}",
+        f"{'evaluation':<32}{ev['evaluation']['seconds']:>10.3f}{1.0:>18.2f}{'':>12}",
+    ]
+    rows = [("sweep_fast", f"sweep (fast, {g['configs']} configs)"), ("sweep_naive", "sweep (naive)")]
+    for key, label in rows:
+        if key in ev:
+            e = ev[key]
+            lines.append(f"{label:<32}{e['seconds']:>10.3f}{e['ratio_to_evaluation']:>18.2f}"
+                         f"{e['ratio_per_config']:>12.3f}")
+    goal = ev["goal"]
+    lines.append(f"goal: sweep <= {goal['target_ratio']:g}x one evaluation: {'met' if goal['met'] else 'not met'} "
+                 f"({goal['ratio']:.2f}x)")
+    return lines
+
+
 # ------------------------------------------------------------------------------------------------- report
 def format_report(result: dict[str, Any]) -> str:
     """A plain-text table of :func:`run_benchmark`'s result."""
@@ -454,4 +652,6 @@ def format_report(result: dict[str, Any]) -> str:
                 f"stats peak memory added ({mem['peak_1x']['measure']}): {mem['peak_1x']['peak_added_mb']:.0f} MB for "
                 f"{mem['tokens_1x']} tokens, {mem['peak_scaled']['peak_added_mb']:.0f} MB for {mem['tokens_scaled']}"
             )
+    if "evaluation" in result:
+        lines += format_evaluation(result["evaluation"])
     return "\n".join(lines)

@@ -16,9 +16,11 @@ from dsg_lens.bench import (
     TAU_ALWAYS,
     TAU_NEVER,
     attached_specs,
+    bench_evaluation_cost,
     format_report,
     reference_hook_spec,
     run_benchmark,
+    sweep_grid,
     with_tau,
 )
 from dsg_lens.commands import bench as bench_command
@@ -86,6 +88,8 @@ def test_parts_can_be_skipped_and_bad_sizes_rejected(tiny_llama):
         run_benchmark(tiny_llama, sae, **{**small, "repeats": 0})
     with pytest.raises(ValueError, match="n_ctx"):
         run_benchmark(tiny_llama, sae, **{**small, "seq_len": 10_000})
+    with pytest.raises(ValueError, match="sweep_configs"):
+        run_benchmark(tiny_llama, sae, **{**small, "eval_questions": 2, "sweep_configs": 7})
 
 
 def _layer_norm_sae(like):
@@ -138,4 +142,40 @@ def test_command_writes_json_and_prints_table(tiny_llama, tmp_path, capsys, monk
     args.func(args)
     saved = json.loads(out.read_text())
     assert saved["config"]["seq_len"] == 8 and "forward" in saved
+    assert "evaluation" not in saved and args.eval_questions == 0  # the section is off by default
     assert "guard_fired" in capsys.readouterr().out
+
+
+def test_sweep_grid():
+    assert sweep_grid(20) == ([5, 10, 20, 40, 80], [80.0, 90.0, 95.0, 99.0])
+    assert sweep_grid(2) == ([5], [80.0, 90.0])
+    assert sweep_grid(10) == ([5, 10, 20, 40, 80], [80.0, 90.0])
+    for bad in (0, 7, 21, True):
+        with pytest.raises(ValueError, match="sweep_configs"):
+            sweep_grid(bad)
+
+
+def test_evaluation_cost_on_the_planted_model(tiny_tokenizer, result):
+    """K=4 questions per side, 2 configurations (N the planted scale: 2 latents pass p_ratio), fast and naive sweeps: positive times and ratios, report rows."""
+    from conftest import make_model
+    from tiny_mcq import word_mcqs, word_texts
+
+    from dsg_lens.gate import WindowGate
+
+    model = make_model("llama", tiny_tokenizer)
+    sae, _ = planted_setup(model)
+    ev = bench_evaluation_cost(
+        model, sae, word_texts(0, 8, n_forget=3), texts(1, 8, False), texts(2, 8, False),
+        word_mcqs(30, 4, True), word_mcqs(31, 4, False), n_values=[1, 2], p_dyn_values=[95.0], n=1,
+        make_gate=lambda: WindowGate(window=4, min_tokens=2), naive=True, batch_size=4,
+    )
+    json.dumps(ev)
+    assert ev["questions"] == {"forget": 4, "retain": 4} and ev["grid"]["configs"] == 2
+    assert ev["evaluation"]["metrics"]["forget_n"] == 4
+    for key in ("evaluation", "sweep_fast", "sweep_naive"):
+        assert ev[key]["seconds"] > 0 and ev[key]["ratio_to_evaluation"] > 0
+    assert ev["sweep_fast"]["ratio_to_evaluation"] == pytest.approx(ev["sweep_fast"]["seconds"] / ev["evaluation"]["seconds"])
+    assert ev["goal"]["met"] == (ev["goal"]["ratio"] <= 2.0)
+    report = format_report({**result, "evaluation": ev})
+    for row in ("evaluation", "sweep (fast, 2 configs)", "sweep (naive)", "sweep <= 2x one evaluation: "):
+        assert row in report

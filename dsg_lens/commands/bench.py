@@ -1,5 +1,6 @@
 """`dsg-lens bench`: time the guardrail against a plain forward, the reference full-SAE formulation, static
-clamping, KV-cached generation and latent statistics (logic in dsg_lens.bench); prints a table, writes JSON."""
+clamping, KV-cached generation and latent statistics, optionally evaluation and sweep cost (logic in
+dsg_lens.bench); prints a table, writes JSON."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def _bench(args: argparse.Namespace) -> None:
     result = run_benchmark(
         model, sae, guard, batch=args.batch, seq_len=args.seq_len, repeats=args.repeats, warmup=args.warmup,
         gen_tokens=args.gen_tokens, gen_prompt_len=args.gen_prompt_len, stats_batches=args.stats_batches,
-        memory_scale=args.memory_scale, progress=not args.no_progress,
+        memory_scale=args.memory_scale, progress=not args.no_progress, eval_questions=args.eval_questions,
+        sweep_configs=args.sweep_configs, naive_sweep=args.naive_sweep,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
@@ -77,5 +79,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--memory-scale", type=int, default=10, help="x more tokens for the memory check (default: 10)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; 1 avoids thread stalls on a busy machine)")
+    parser.add_argument("--eval-questions", type=int, default=0,
+                        help="K > 0 adds the evaluation and sweep cost section: one evaluation of K base-correct "
+                             "forget + retain questions of the embedded benchmark is the unit (default: 0, off)")
+    parser.add_argument("--sweep-configs", type=int, default=20,
+                        help="configurations of the timed sweep, N in (5, 10, 20, 40, 80) x p_dyn in "
+                             "(80, 90, 95, 99), clamp 500 (default: 20)")
+    parser.add_argument("--naive-sweep", action="store_true",
+                        help="also time the naive sweep (every question under every configuration; slow)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=_bench)
