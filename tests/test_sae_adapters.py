@@ -453,6 +453,18 @@ def test_check_sae_fits_model_with_an_explicit_hook_and_no_hook_name_in_the_meta
         check_sae_fits_model(tiny_gpt2, sae)
 
 
+def _around_guardrail(model, guard, tokens):
+    """The activation at HOOK before and after the attached guardrail, for one forward over ``tokens``."""
+    import dsg_lens as dsg
+
+    store: dict = {}
+    with dsg.scoped_hooks(model, dsg.cache_spec(HOOK, store, key="before", order=-1)):
+        with guard.attached(model):
+            with dsg.scoped_hooks(model, dsg.cache_spec(HOOK, store, key="after")):
+                model(tokens)
+    return store["before"], store["after"]
+
+
 MODEL_CASES = [c for c in CASES if c.arch in ("standard", "jumprelu", "gated", "topk", "batchtopk")
                and c.apply_b_dec]
 
@@ -471,20 +483,15 @@ def test_attached_guardrail_equals_saelens_encode_clamp_decode(tiny_gpt2, case, 
     guard = dsg.DynamicSAEGuardrail(sae, ids, dsg.WindowGate(tau=0.1, window=4, min_tokens=2), clamp=clamp)
     words = [f"w{i}" for i in data.draw(st.lists(st.integers(0, 43), min_size=3, max_size=10))]
     tokens = tiny_gpt2.to_tokens([" ".join(words), " ".join(words[::-1][:3])], padding_side="right")
-    store: dict = {}
-    with dsg.scoped_hooks(tiny_gpt2, dsg.cache_spec(HOOK, store, key="before", order=-1)):
-        with guard.attached(tiny_gpt2):
-            with dsg.scoped_hooks(tiny_gpt2, dsg.cache_spec(HOOK, store, key="after")):
-                tiny_gpt2(tokens)
-    x = store["before"]
+    x, after = _around_guardrail(tiny_gpt2, guard, tokens)
     with torch.no_grad():
         real = ~torch.isin(tokens, torch.tensor(tiny_gpt2.tokenizer.all_special_ids))
         fired = (sae.encode(x)[..., ids] > 0).any(-1) & real
         on = guard.gate.decisions(fired, real) & fired
     expected = saelens_edit(sae, x, ids, on, torch.full((len(ids),), -clamp))
     scale = 1e-4 * max(1.0, clamp / 5)
-    torch.testing.assert_close(store["after"], expected, atol=scale, rtol=1e-4)
-    assert torch.equal(store["after"][~on], x[~on])
+    torch.testing.assert_close(after, expected, atol=scale, rtol=1e-4)
+    assert torch.equal(after[~on], x[~on])
 
 
 @pytest.mark.parametrize("case", [Case("standard", n, d_in=16, d_sae=48) for n in NORMS]
@@ -497,16 +504,11 @@ def test_attached_guardrail_edits_normalised_saes_like_saelens(tiny_gpt2, case):
     ids = [0, 1, 2, 3, 4, 5]
     guard = dsg.DynamicSAEGuardrail(sae, ids, dsg.PaperGate(-1.0), clamp=50.0)
     tokens = tiny_gpt2.to_tokens(["w1 w2 w3 w4 w5 w6", "w7 w8 w9"], padding_side="right")
-    store: dict = {}
-    with dsg.scoped_hooks(tiny_gpt2, dsg.cache_spec(HOOK, store, key="before", order=-1)):
-        with guard.attached(tiny_gpt2):
-            with dsg.scoped_hooks(tiny_gpt2, dsg.cache_spec(HOOK, store, key="after")):
-                tiny_gpt2(tokens)
-    x = store["before"]
+    x, after = _around_guardrail(tiny_gpt2, guard, tokens)
     with torch.no_grad():
         real = ~torch.isin(tokens, torch.tensor(tiny_gpt2.tokenizer.all_special_ids))
         on = (sae.encode(x)[..., ids] > 0).any(-1) & real
     assert on.sum() >= 3
     expected = saelens_edit(sae, x, ids, on, torch.full((len(ids),), -50.0))
-    torch.testing.assert_close(store["after"], expected, atol=1e-3, rtol=1e-4)
-    assert not torch.allclose(store["after"], x)
+    torch.testing.assert_close(after, expected, atol=1e-3, rtol=1e-4)
+    assert not torch.allclose(after, x)
