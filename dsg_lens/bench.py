@@ -542,7 +542,6 @@ def bench_evaluation_cost(
             "seconds": fast_s, "ratio_to_evaluation": fast_s / eval_s, "configs": configs,
             "ratio_per_config": fast_s / eval_s / configs,
             "questions_rescored": sum(int(row.get("n_rescored", 0)) for row in fast.rows),
-            "rescoring": fast.params.get("rescoring"),
         },
         "includes": {
             "evaluation": "evaluate_questions with the fitted guardrail attached, PMI reference cache cleared",

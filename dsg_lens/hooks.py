@@ -127,6 +127,11 @@ def attached_hooks(model: nn.Module) -> list[AttachedHook]:
     return [entry.info for entry in _live(model)]
 
 
+def attached_owners(model: nn.Module) -> list[Any]:
+    """The objects (guardrails, static clamps, ...) that own the dsg-lens hooks live on ``model``."""
+    return [entry.spec.owner for entry in _live(model) if entry.spec.owner is not None]
+
+
 def describe_hooks(model: nn.Module) -> str:
     """A readable table of the dsg-lens hooks live on ``model`` (label, hook name, order, scoped/persistent), in
     the order they run on each HookPoint, the token tracker when one is installed, plus a count of forward hooks

@@ -115,6 +115,16 @@ class PipelineConfig:
 CALIBRATION_SOURCES = ("questions", "corpus")
 
 
+def paper_rule_gate(protocol: str, min_tokens: int = 8) -> Gate:
+    """The paper's rho for ``protocol``: its own per-sequence :class:`~dsg_lens.gate.PaperGate` where one pass is
+    read at one position (letter protocols), its causal form :class:`~dsg_lens.gate.PrefixGate` (rho over the
+    tokens so far) for completion scoring, where the paper's gate would let a candidate answer switch the
+    guardrail on for the positions that predict it."""
+    if protocol == "completion":
+        return make_gate("prefix", min_tokens=min_tokens)
+    return make_gate("paper")
+
+
 def is_calibration_question(question: MCQ) -> bool:
     """Whether a retain question belongs to the calibration split (a third of the questions, by a hash of the
     id): tau is calibrated on it and it is never evaluated."""

@@ -84,6 +84,7 @@ def test_compare_methods_runs_every_method_with_the_same_evaluation(planted):
     fq, rq = word_mcqs(30, 6, True), word_mcqs(31, 6, False)
     result = compare_methods(
         model, sae, texts(10, 12, True), texts(11, 24, False), fq, rq, n=1, p_ratio=90, clamp=20.0, window=4,
+        min_tokens=1,
         rmu=RMUConfig(layer=0, steering_coef=3.0, steps=2, batch_size=2, max_len=8), batch_size=4, progress=False,
     )
     assert result["order"] == ["base", "static_clamp", "rmu", "dsg_paper", "dsg_window"]

@@ -333,3 +333,16 @@ def test_attaching_does_not_keep_the_model_alive(tiny_tokenizer):
     del model
     gc.collect()
     assert ref() is None
+
+
+def test_completion_scoring_refuses_a_non_causal_gate(planted):
+    """Leaky numbers are refused, not returned: completion scores under the paper's per-sequence gate would let
+    each candidate answer switch the guardrail on for the positions that predict it."""
+    from tiny_mcq import word_mcqs
+
+    model, sae = planted
+    questions = word_mcqs(3, 2, True)
+    with _guard(sae, PaperGate(0.1)).attached(model), pytest.raises(ValueError, match="non-causal PaperGate"):
+        dsg.score_mcq(model, questions, "completion", progress=False)
+    with _guard(sae, PrefixGate(0.1)).attached(model):
+        assert dsg.score_mcq(model, questions, "completion", progress=False).n == 2

@@ -135,17 +135,17 @@ def test_fast_sweep_equals_the_naive_sweep_and_rescores_only_clamped_questions(s
     assert all(row["n_tripped"] == 6 + 3 for row in n1)  # and those with one in a read candidate; never "last"
 
 
-def test_the_paper_gate_is_rescored_in_full_for_completion_and_matches(setup, monkeypatch):
+def test_the_paper_gate_is_refused_for_completion_by_both_paths(setup, monkeypatch):
+    """Completion scores under the non-causal PaperGate would be leaky: the fast sweep refuses it up front, and the
+    naive sweep's evaluation (score_mcq) refuses it at the first guarded question."""
     model, sae, forget, retain, calibration = setup
     forget_q, retain_q = _questions()
     gate = dsg.PaperGate()
-    naive, naive_results = _naive(model, sae, forget, retain, calibration, forget_q, retain_q, "completion", gate,
-                                  monkeypatch)
-    fast = run_question_sweep(model, sae, forget, retain, calibration, forget_q, retain_q, "completion", gate=gate,
-                              batch_size=4, progress=False, **GRID)
-    _assert_same_as_naive(fast, naive, naive_results)
-    assert all(row["n_rescored"] == len(forget_q) + len(retain_q) for row in fast.rows)
-    assert fast.params["rescoring"] == "every question"
+    with pytest.raises(ValueError, match="non-causal"):
+        run_question_sweep(model, sae, forget, retain, calibration, forget_q, retain_q, "completion", gate=gate,
+                           batch_size=4, progress=False, **GRID)
+    with pytest.raises(ValueError, match="non-causal"):
+        _naive(model, sae, forget, retain, calibration, forget_q, retain_q, "completion", gate, monkeypatch)
 
 
 def test_the_paper_gate_under_a_letter_protocol_uses_whole_prompt_clamps(setup, monkeypatch):

@@ -47,7 +47,9 @@ def planted(tiny_tokenizer):
 def guards(planted):
     model, sae = planted
     calibration = word_texts(1, 60, n_forget=1)
-    paper = dsg.DynamicSAEGuardrail.fit(model, sae, [5], calibration, clamp=20.0, gate="paper", progress=False)
+    # the paper's rho in its causal form: completion scoring refuses the non-causal PaperGate
+    paper = dsg.DynamicSAEGuardrail.fit(model, sae, [5], calibration, clamp=20.0, gate=dsg.PrefixGate(min_tokens=4),
+                                        progress=False)
     window = dsg.DynamicSAEGuardrail.fit(model, sae, [5], calibration, clamp=20.0,
                                          gate=WindowGate(window=8, min_tokens=4), progress=False)
     return {"paper": paper, "window": window}
@@ -179,7 +181,7 @@ def test_zeroshot_finds_the_planted_latent_and_scans_tau(planted):
     model, sae = planted
     topic = ["cat dog fox", "the fox and the dog", "cat"]
     result = zeroshot_study(model, sae, topic, texts(80, 24, False), word_mcqs(81, 6, True), word_mcqs(82, 6, False),
-                            ZeroShotConfig(taus=(0.1, 0.95), n=1, p_ratio=90, clamp=20.0, batch_size=4),
+                            ZeroShotConfig(taus=(0.1, 0.95), n=1, p_ratio=90, clamp=20.0, batch_size=4, min_tokens=1),
                             progress=False)
     assert result["features"] == [5]
     low, high = result["rows"]

@@ -22,7 +22,7 @@
 from dsg_lens.baselines import RMUConfig, StaticClamp, compare_methods, format_table, rmu_unlearn
 from dsg_lens.gate import WindowGate
 from dsg_lens.guardrail import DynamicSAEGuardrail
-from dsg_lens.pipeline import PipelineConfig
+from dsg_lens.pipeline import PipelineConfig, calibration_texts
 from dsg_lens.studies import attack_study, default_attacks, load_setup
 
 setup = load_setup(PipelineConfig(max_questions=40), progress=False)
@@ -54,14 +54,15 @@ print(format_table(result))
 # %% [markdown]
 # ## Dilution: benign filler before the question
 #
-# The paper's rho is the fraction of tokens on which a selected latent fires, so filler lowers it below tau.
-# The window gate scores the best window of 32 real tokens instead; both are calibrated at the 95th percentile of
-# the retain corpus, so their retain false-positive rates stay comparable.
+# The paper's rho (here in its causal form, the prefix gate: the fraction of the tokens so far on which a selected
+# latent fires) is lowered below tau by filler. The window gate looks at the last 32 real tokens instead; both are
+# calibrated at the 95th percentile on held-out retain questions, so their false-positive rates stay comparable.
 
 # %%
-paper = DynamicSAEGuardrail.fit(model, sae, result["methods"]["dsg_paper"]["features"], setup.retain_texts,
-                                gate="paper", progress=False)
-window = DynamicSAEGuardrail.fit(model, sae, paper.latent_ids, setup.retain_texts, gate=WindowGate(window=32),
+calibration = calibration_texts(model, setup.config, setup.retain_texts)
+paper = DynamicSAEGuardrail.fit(model, sae, result["methods"]["dsg_paper"]["features"], calibration,
+                                gate="prefix", progress=False)
+window = DynamicSAEGuardrail.fit(model, sae, paper.latent_ids, calibration, gate=WindowGate(window=32),
                                  progress=False)
 attacks = default_attacks(model, setup.retain_texts, filler_tokens=(0, 128, 512), turns=(), paraphrases=())
 dilution = attack_study(model, {"paper": paper, "window32": window}, setup.forget_questions,

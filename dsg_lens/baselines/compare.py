@@ -26,9 +26,9 @@ from dsg_lens.baselines.rmu import RMUConfig, rmu_unlearn
 from dsg_lens.baselines.static_clamp import StaticClamp
 from dsg_lens.data.loaders import MCQ
 from dsg_lens.eval.gate_stats import gate_firing
-from dsg_lens.gate import PaperGate, WindowGate
+from dsg_lens.gate import WindowGate
 from dsg_lens.guardrail import DynamicSAEGuardrail
-from dsg_lens.pipeline import evaluate_questions, question_texts
+from dsg_lens.pipeline import evaluate_questions, paper_rule_gate, question_texts
 from dsg_lens.selection import select_features
 from dsg_lens.stats import collect_latent_stats
 
@@ -54,6 +54,7 @@ def compare_methods(
     clamp: float | int = 500.0,
     clamp_scale: float | int | None = None,
     window: int = 32,
+    min_tokens: int = 8,
     retain_threshold: float | int = 0.01,
     rmu: RMUConfig | None = None,
     methods: Sequence[str] = METHODS,
@@ -89,7 +90,9 @@ def compare_methods(
             metrics = evaluate(model)
         out["static_clamp"] = {**metrics, "cost": _combine(stats.cost(), fitted.cost()),
                                "features": fitted.value.latent_ids}
-    for name, gate in (("dsg_paper", PaperGate()), ("dsg_window", WindowGate(window=window))):
+    gates = (("dsg_paper", paper_rule_gate(protocol, min_tokens)),
+             ("dsg_window", WindowGate(window=window, min_tokens=min_tokens)))
+    for name, gate in gates:
         if name not in methods:
             continue
         fitted = measure(lambda gate=gate: DynamicSAEGuardrail.fit(
@@ -99,7 +102,7 @@ def compare_methods(
         guard = fitted.value
         with guard.attached(model):
             metrics = evaluate(model)
-        firing = gate_firing(guard, model, question_texts(fq, protocol), question_texts(rq, protocol),
+        firing = gate_firing(guard, model, question_texts(fq, protocol, model), question_texts(rq, protocol, model),
                              batch_size=batch_size)
         out[name] = {**metrics, "cost": _combine(stats.cost(), fitted.cost()), "features": guard.latent_ids,
                      "gate": {k: firing[k] for k in ("tau", "tpr", "fpr", "gate")}}
@@ -109,7 +112,7 @@ def compare_methods(
         out["rmu"] = {**metrics, "cost": trained.cost(), "rmu": trained.value.to_dict()}
         del trained
     params = {"n": n, "p_ratio": p_ratio, "p_dyn": p_dyn, "clamp": clamp, "clamp_scale": clamp_scale,
-              "window": window, "retain_threshold": retain_threshold, "protocol": protocol,
+              "window": window, "min_tokens": min_tokens, "retain_threshold": retain_threshold, "protocol": protocol,
               "rmu": asdict(rmu or RMUConfig()), "n_forget_texts": len(forget_texts),
               "n_retain_texts": len(retain_texts), "device": str(device), "dtype": str(model.cfg.dtype)}
     return {"methods": out, "order": [m for m in METHODS if m in out], "params": params}

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from dsg_lens.data.loaders import EMBEDDED_DIR, MCQ, fingerprint
 from dsg_lens.eval.batching import continuation_logits, frozen_prefix_cache, padded_logits, supports_kv_cache
-from dsg_lens.hooks import attached_hooks, suspended
+from dsg_lens.hooks import attached_hooks, attached_owners, suspended
 from dsg_lens.models import cache_root
 from dsg_lens.real_tokens import RealTokenRule, pad_token_id, special_token_ids
 from dsg_lens.tokens import iter_batches, n_batches
@@ -490,6 +490,7 @@ def score_mcq(
     if len(questions) == 0:
         raise ValueError("no questions to score: pass at least one MCQ")
     if protocol == "completion":
+        _refuse_non_causal_gates(model)
         scores = _completion_scores(model, questions, completion_score, batch_size, progress)
     else:
         scores = _letter_scores(model, questions, protocol, batch_size, progress)
@@ -499,6 +500,18 @@ def score_mcq(
     )
     label = f"completion-{completion_score}" if protocol == "completion" else protocol
     return MCQResult(label, records)
+
+
+def _refuse_non_causal_gates(model: nn.Module) -> None:
+    """A non-causal gate (the paper's per-sequence rho) lets each candidate answer switch the guardrail on for the
+    positions that predict it: completion scores under it are leaky, so they are refused, not returned."""
+    leaky = [owner for owner in attached_owners(model) if getattr(getattr(owner, "gate", None), "causal", True) is False]
+    if leaky:
+        raise ValueError(
+            f"{type(leaky[0]).__name__} with the non-causal {type(leaky[0].gate).__name__} is attached: completion "
+            "scoring under it leaks each candidate answer into the gate's decision. Use a causal gate "
+            "(WindowGate / PrefixGate, the default) or a letter protocol ('chat', 'lm_eval'), which reads one position"
+        )
 
 
 class ScoredSequence(NamedTuple):

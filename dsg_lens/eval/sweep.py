@@ -280,9 +280,8 @@ def run_question_sweep(
     their last read positions gives the clamps of the scoring's own passes, KV-cached continuations included
     (identical read prefixes, e.g. candidates sharing a first token, are scanned once). The non-causal
     :class:`~dsg_lens.gate.PaperGate` decides from the whole sequence: under letter protocols (one full pass per
-    prompt) its clamp positions over the whole prompt are exact and it takes the same path; under the completion
-    protocol, whose KV-cached passes show it the context before the candidates, every question is re-scored for
-    every configuration (the naive path, with base scores and references still computed once).
+    prompt) its clamp positions over the whole prompt are exact and it takes the same path; completion scoring
+    under it would be leaky and is refused (as :func:`~dsg_lens.eval.mcq.score_mcq` refuses it).
 
     Footgun: the scan and the scoring run the same tokens in different batches; a latent within float rounding
     of its threshold can fire in one and not in the other (then a question the scan finds untouched keeps its
@@ -290,6 +289,10 @@ def run_question_sweep(
     reference.
     """
     grid = _Grid(n_values, clamp_values, p_ratio_values, p_dyn_values, clamp_scale, gate or make_gate(DEFAULT_GATE))
+    if not grid.gate.causal and protocol == "completion":
+        raise ValueError(f"the non-causal {type(grid.gate).__name__} would let each candidate answer switch the "
+                         "guardrail on for the positions that predict it: use a causal gate (WindowGate / "
+                         "PrefixGate) for completion scoring, or a letter protocol")
     sides = {"forget": list(forget_questions), "retain": list(retain_questions)}
 
     def score(questions: list[MCQ], show: bool = False) -> MCQResult:
@@ -297,27 +300,23 @@ def run_question_sweep(
                          progress=show)
 
     base = {side: score(questions, progress) for side, questions in sides.items()}
-    fast = grid.gate.causal or protocol != "completion"
-    sequences = [((side, seq.question), seq) for side, questions in sides.items() if fast
+    sequences = [((side, seq.question), seq) for side, questions in sides.items()
                  for seq in scored_sequences(model, questions, protocol)]
     scans: dict[float, _SequenceScan] = {}  # per p_ratio
     shared: dict[tuple[Any, ...], QuestionResult] = {}  # (p_ratio, n, clamp, side, question, clamp positions)
     rows: list[dict[str, Any]] = []
     question_results: list[dict[str, MCQResult]] = []
     points = grid.points(model, sae, forget, retain, calibration_texts, batch_size, progress)
-    for index, point in enumerate(points):
+    for point in points:
         results: dict[str, MCQResult] = {}
         n_tripped = n_rescored = 0
-        if fast and point.p_ratio not in scans:
+        if point.p_ratio not in scans:
             scans[point.p_ratio] = _SequenceScan(model, sae, point.features.ids, sequences, grid.gate.causal,
                                                  batch_size)
-        clamped = scans[point.p_ratio].clamped(point.guard.gate, point.n) if fast else {}
+        clamped = scans[point.p_ratio].clamped(point.guard.gate, point.n)
         for side, questions in sides.items():
-            if fast:
-                tripped = {q: (point.p_ratio, point.n, point.clamp, side, q, where)
-                           for (of_side, q), where in clamped.items() if of_side == side}
-            else:
-                tripped = {q: ("configuration", index, side, q) for q in range(len(questions))}
+            tripped = {q: (point.p_ratio, point.n, point.clamp, side, q, where)
+                       for (of_side, q), where in clamped.items() if of_side == side}
             todo = [q for q, key in tripped.items() if key not in shared]
             if todo:
                 with point.guard.attached(model):
@@ -328,6 +327,5 @@ def run_question_sweep(
             n_tripped, n_rescored = n_tripped + len(tripped), n_rescored + len(todo)
         rows.append(point.row({**question_metrics(results), "n_tripped": n_tripped, "n_rescored": n_rescored}))
         question_results.append(results)
-    params = {**grid.params(calibration_texts), "protocol": protocol, "completion_score": completion_score,
-              "rescoring": "clamped questions" if fast else "every question"}
+    params = {**grid.params(calibration_texts), "protocol": protocol, "completion_score": completion_score}
     return SweepResult(rows, question_metrics(base), params, question_results)

@@ -135,7 +135,7 @@ def attack_study(
     """Run every attack at every strength against every guardrail (module docstring for the schema)."""
     if not guards:
         raise ValueError("pass at least one guardrail to attack")
-    retain_texts = question_texts(list(retain_questions), protocol)
+    retain_texts = question_texts(list(retain_questions), protocol, model)
     retain: dict[str, Any] = {}
     for name, guard in guards.items():
         with guard.attached(model):
@@ -149,7 +149,7 @@ def attack_study(
             results[attack] = []
             for strength, rewrite in levels:
                 attacked = [rewrite(q) for q in forget_questions]
-                texts = question_texts(attacked, protocol)
+                texts = question_texts(attacked, protocol, model)
                 row: dict[str, Any] = {"strength": strength, "base_acc": accuracy(model, attacked, protocol, batch_size),
                                        "guards": {}}
                 for name, guard in guards.items():

@@ -79,7 +79,7 @@ def relearn_study(
     points = cfg.points()
     protocol, eval_batch_size = cfg.protocol, cfg.eval_batch_size
     max_len = training_window(cfg.max_len, int(model.cfg.n_ctx))  # None: min(128, n_ctx); recorded in params
-    texts = question_texts(list(forget_questions), protocol)
+    texts = question_texts(list(forget_questions), protocol, model)
     rows: dict[int, dict[str, Any]] = {s: {"step": s} for s in points}
     bar = tqdm(total=len(points) * (2 if rmu_model is not None else 1), desc="relearn", disable=not progress)
 

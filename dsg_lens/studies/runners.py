@@ -44,7 +44,8 @@ def run_compare(setup: Setup, out_dir: str | Path, *, window: int = 32, rmu: RMU
     result = compare_methods(
         setup.model, setup.sae, setup.forget_texts, setup.retain_texts, setup.forget_questions,
         setup.retain_questions, n=cfg.n, p_ratio=cfg.p_ratio, p_dyn=cfg.p_dyn, clamp=cfg.clamp,
-        clamp_scale=cfg.clamp_scale, window=window, rmu=rmu or default_rmu(setup), protocol=cfg.protocol,
+        clamp_scale=cfg.clamp_scale, window=window, min_tokens=cfg.min_tokens, rmu=rmu or default_rmu(setup),
+        protocol=cfg.protocol,
         batch_size=cfg.batch_size, progress=progress, **kwargs,
     )
     return save_result(result, out_dir, "compare")
@@ -94,8 +95,10 @@ def run_zeroshot(setup: Setup, out_dir: str | Path, *, topic_texts: tuple[str, .
 def run_attacks(setup: Setup, out_dir: str | Path, *, window: int = 32,
                 filler_tokens: tuple[int, ...] = (0, 32, 128, 512), turns: tuple[int, ...] = (1, 2, 3, 4),
                 paraphrases: tuple[str, ...] = PARAPHRASES, progress: bool = True) -> dict[str, Any]:
-    """Attacks against the paper gate and the window gate (same features), filler from the retain corpus."""
-    paper = _guard(setup, progress)
+    """Attacks against the paper's rho (:func:`~dsg_lens.pipeline.paper_rule_gate`: causal under completion
+    scoring) and the window gate (same features), filler from the retain corpus."""
+    paper_cfg = replace(setup.config, gate="prefix" if setup.config.protocol == "completion" else "paper")
+    paper = fit_guardrail(setup.model, setup.sae, setup.forget_texts, setup.retain_texts, paper_cfg, progress).guard
     robust = DynamicSAEGuardrail.fit(setup.model, setup.sae, paper.features or paper.latent_ids,
                                      setup.retain_texts, p_dyn=setup.config.p_dyn, clamp=setup.config.clamp,
                                      clamp_scale=setup.config.clamp_scale,

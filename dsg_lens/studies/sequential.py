@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dsg_lens.data.loaders import MCQ, load_embedded_benchmark
-from dsg_lens.gate import Gate
+from dsg_lens.gate import DEFAULT_GATE, Gate, make_gate
 from dsg_lens.guardrail import DynamicSAEGuardrail
 from dsg_lens.selection import select_features
 from dsg_lens.stats import collect_latent_stats
@@ -147,7 +147,7 @@ def sequential_study(
             stack.callback(guard.attach(model).remove)
             steps.append(measure(k, topic.name, guard))
     result = {"topics": [t.name for t in topics], "steps": steps,
-              "params": {**cfg.to_dict(), "gate": (gate.to_dict() if gate is not None else {"kind": "paper"}),
+              "params": {**cfg.to_dict(), "gate": (gate or make_gate(DEFAULT_GATE)).to_dict(),
                          "n_retain_questions": len(retain_questions),
                          "n_questions": {t.name: len(t.questions) for t in topics}}}
     return save_result(result, out_dir, "sequential")

@@ -26,9 +26,8 @@ from tqdm.auto import tqdm
 
 from dsg_lens.data.loaders import MCQ
 from dsg_lens.eval.gate_stats import gate_firing
-from dsg_lens.gate import PaperGate
 from dsg_lens.guardrail import DynamicSAEGuardrail
-from dsg_lens.pipeline import question_texts
+from dsg_lens.pipeline import paper_rule_gate, question_texts
 from dsg_lens.selection import FeatureSet, select_features
 from dsg_lens.stats import collect_latent_stats
 from dsg_lens.studies.common import StudyConfig, accuracy, save_result
@@ -55,13 +54,15 @@ def zero_shot_features(model: nn.Module, sae: SAE, topic_texts: Sequence[str], g
 
 @dataclass
 class ZeroShotConfig(StudyConfig):
-    """Settings of :func:`zeroshot_study`: the ``taus`` grid, the selection (``n``, ``p_ratio``), the ``clamp``
-    and the evaluation (``protocol``, ``batch_size``)."""
+    """Settings of :func:`zeroshot_study`: the ``taus`` grid, the selection (``n``, ``p_ratio``), the ``clamp``,
+    the gate (the paper's rho, :func:`~dsg_lens.pipeline.paper_rule_gate`, deciding from ``min_tokens`` real tokens
+    on under completion scoring) and the evaluation (``protocol``, ``batch_size``)."""
 
     taus: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     n: int = 20
     p_ratio: float | int = 95.0
     clamp: float | int = 500.0
+    min_tokens: int = 8
     protocol: str = "completion"
     batch_size: int = 8
 
@@ -90,10 +91,11 @@ def zeroshot_study(
                                   batch_size=batch_size)
     base = {"forget_acc": accuracy(model, forget_questions, protocol, batch_size),
             "retain_acc": accuracy(model, retain_questions, protocol, batch_size)}
-    f_texts, r_texts = question_texts(list(forget_questions), protocol), question_texts(list(retain_questions), protocol)
+    f_texts = question_texts(list(forget_questions), protocol, model)
+    r_texts = question_texts(list(retain_questions), protocol, model)
     rows = []
     for tau in tqdm(sorted(cfg.taus), desc="zero-shot", disable=not progress):
-        guard = DynamicSAEGuardrail(sae, features, PaperGate(tau), clamp=cfg.clamp)
+        guard = DynamicSAEGuardrail(sae, features, paper_rule_gate(protocol, cfg.min_tokens).with_tau(tau), clamp=cfg.clamp)
         with guard.attached(model):
             metrics = {"forget_acc": accuracy(model, forget_questions, protocol, batch_size),
                        "retain_acc": accuracy(model, retain_questions, protocol, batch_size)}
