@@ -1,17 +1,26 @@
-"""Train a residual-stream SAE with SAELens on local text, and measure its quality (how the shipped SAE was made).
+"""Train residual-stream SAEs with SAELens on local text, and measure their quality (how the shipped SAE was made).
 
-Training runs SAELens's ``LanguageModelSAETrainingRunner`` on pre-tokenized chunks (BOS at position 0, documents
-joined with EOS, as :func:`dsg_lens.tokens.chunk_corpus` makes them), leaving out position 0 and special tokens
-(their residual norms are ~100x the median), with activation normalization on and fixed seeds.
+Several candidate SAEs (architectures, sizes, layers) train at once on ONE stream of model activations:
+SAELens's ``MultiSAETrainingRunner`` runs the model once per batch and feeds every candidate, each with its own
+optimizer, schedule and activation scaler (the model forward is the dominant cost, so N candidates cost far less
+than N runs). Chunks are pre-tokenized (BOS at position 0, documents joined with EOS, as
+:func:`dsg_lens.tokens.chunk_corpus` makes them); positions before ``first_position`` and special tokens are left
+out (their residual norms are ~100x the median); activation normalization is on; seeds are fixed. Training
+checkpoints ``n_checkpoints`` times and a rerun into the same folder resumes from the latest checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+import re
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import sae_lens
 import torch
@@ -19,12 +28,14 @@ from datasets import Dataset
 from jaxtyping import Bool, Float, Int
 from sae_lens import (
     SAE,
+    BatchTopKTrainingSAEConfig,
     JumpReLUTrainingSAEConfig,
-    LanguageModelSAERunnerConfig,
-    LanguageModelSAETrainingRunner,
     LoggingConfig,
     StandardTrainingSAEConfig,
+    TopKTrainingSAEConfig,
 )
+from sae_lens.training import multi_sae_trainer
+from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner, MultiSAETrainingRunnerConfig
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -34,34 +45,61 @@ from dsg_lens.sae_view import hook_layer, sae_hook_name
 from dsg_lens.tokens import chunk_corpus
 
 __all__ = [
+    "ARCHITECTURES",
+    "SAECandidate",
     "SAETrainingConfig",
+    "latest_checkpoint",
     "load_corpus",
     "measure_sae_quality",
     "split_heldout",
     "train_and_measure",
-    "train_sae",
+    "train_saes",
 ]
 
 TRAINING_CONFIG_FILE = "training_config.json"
+CANDIDATES_FILE = "candidates.json"
+CHECKPOINT_DIR = "checkpoints"
+_RUN_ID = "run"  # fixed checkpoint sub-folder, so a rerun finds the checkpoints of an interrupted run
 _CHARS_PER_TOKEN = 4.0  # first guess of characters per token (English prose ~4.5; dictionary text ~3.5)
 _BUFFER_BATCHES = 64  # SAELens mixes activations over _BUFFER_BATCHES * context_size tokens
+ARCHITECTURES = ("standard", "jumprelu", "topk", "batchtopk")
+"""Trainable architectures: ReLU + L1, JumpReLU + L0, TopK, BatchTopK (saved by SAELens as a JumpReLU SAE)."""
+
+
+@dataclass
+class SAECandidate:
+    """One SAE to train. ``sparsity_coefficient``: the L1 (``standard``) or L0 (``jumprelu``) coefficient;
+    ``k``: active latents per token (``topk``) or on average over the batch (``batchtopk``)."""
+
+    name: str = "sae"
+    hook_name: str = "blocks.12.hook_resid_post"
+    d_sae: int = 4096
+    architecture: str = "standard"
+    sparsity_coefficient: float = 5.0
+    k: int = 32
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown SAE architecture {self.architecture!r}: use one of {ARCHITECTURES}")
+        if hook_layer(self.hook_name) is None:
+            raise ValueError(f"hook_name {self.hook_name!r} names no layer: use e.g. 'blocks.12.hook_resid_post'")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ValueError(f"candidate name {self.name!r} must be a plain folder name (letters, digits, _ . -)")
+        if self.d_sae < 1 or not 1 <= self.k <= self.d_sae:
+            raise ValueError(f"need d_sae >= 1 and 1 <= k <= d_sae, got d_sae={self.d_sae}, k={self.k}")
 
 
 @dataclass
 class SAETrainingConfig:
-    """Everything that determines a training run (saved as ``training_config.json`` beside the weights).
+    """Everything that determines a training run (saved as ``training_config.json`` beside the weights; pass it
+    back with ``dsg-lens train-sae --config`` to reproduce the run).
 
-    ``sparsity_coefficient`` is the L1 coefficient (``standard``: ReLU + L1) or the L0 coefficient
-    (``jumprelu``). ``dead_feature_window`` is in training steps: keep it well below the number of steps.
-    Positions before ``first_position`` are not trained on: position 0 is BOS, and on SmolLM2 the token after
-    BOS is an attention sink in ~5% of chunks (residual norm ~20,000 vs a median ~150), which would dominate
-    the MSE.
+    ``dead_feature_window`` is in training steps: keep it well below the number of steps. Positions before
+    ``first_position`` are not trained on: position 0 is BOS, and on SmolLM2 the token after BOS is an attention
+    sink in ~5% of chunks (residual norm ~20,000 vs a median ~150), which would dominate the MSE.
     """
 
-    hook_name: str = "blocks.12.hook_resid_post"
-    d_sae: int = 4096
-    architecture: str = "standard"  # "standard" (ReLU + L1) or "jumprelu"
-    sparsity_coefficient: float = 5.0
+    candidates: tuple[SAECandidate, ...] = (SAECandidate(),)
     training_tokens: int = 2_000_000
     context_size: int = 256
     train_batch_size_tokens: int = 4096
@@ -69,22 +107,30 @@ class SAETrainingConfig:
     dead_feature_window: int = 150
     n_batches_for_norm_estimate: int = 20
     first_position: int = 2
+    n_checkpoints: int = 10
     seed: int = 42
 
     def __post_init__(self) -> None:
-        if self.architecture not in ("standard", "jumprelu"):
-            raise ValueError(f"unknown SAE architecture {self.architecture!r}: use 'standard' or 'jumprelu'")
-        if hook_layer(self.hook_name) is None:
-            raise ValueError(f"hook_name {self.hook_name!r} names no layer: use e.g. 'blocks.12.hook_resid_post'")
+        names = [c.name for c in self.candidates]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"need at least one candidate and unique candidate names, got {names}")
         if not 0 <= self.first_position < self.context_size - 1:
             raise ValueError(f"first_position must be in 0..{self.context_size - 2}, got {self.first_position}")
-        for name in ("d_sae", "training_tokens", "context_size", "train_batch_size_tokens", "dead_feature_window"):
+        for name in ("training_tokens", "context_size", "train_batch_size_tokens", "dead_feature_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     @property
     def n_steps(self) -> int:
         return max(1, self.training_tokens // self.train_batch_size_tokens)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SAETrainingConfig:
+        """The config saved by a run (extra keys the run recorded, e.g. versions, are ignored)."""
+        record = json.loads(Path(path).read_text())
+        fields = {k: v for k, v in record.items() if k in cls.__dataclass_fields__}
+        candidates = tuple(SAECandidate(**c) for c in fields.pop("candidates", ()))
+        return cls(candidates=candidates, **fields) if candidates else cls(**fields)
 
 
 def load_corpus(path: str | Path) -> list[str]:
@@ -133,35 +179,66 @@ def _training_chunks(model: nn.Module, texts: Sequence[str], cfg: SAETrainingCon
         budget *= 2
 
 
-def _sae_config(model: nn.Module, cfg: SAETrainingConfig) -> StandardTrainingSAEConfig | JumpReLUTrainingSAEConfig:
+def _sae_config(model: nn.Module, candidate: SAECandidate, cfg: SAETrainingConfig) -> Any:
     common = dict(
-        d_in=model.cfg.d_model, d_sae=cfg.d_sae, normalize_activations="expected_average_only_in", dtype="float32"
+        d_in=model.cfg.d_model, d_sae=candidate.d_sae, normalize_activations="expected_average_only_in",
+        dtype="float32",
     )
     warm_up = cfg.n_steps // 20
-    if cfg.architecture == "standard":
-        return StandardTrainingSAEConfig(**common, l1_coefficient=cfg.sparsity_coefficient, l1_warm_up_steps=warm_up)
-    return JumpReLUTrainingSAEConfig(**common, l0_coefficient=cfg.sparsity_coefficient, l0_warm_up_steps=warm_up)
+    if candidate.architecture == "standard":
+        return StandardTrainingSAEConfig(**common, l1_coefficient=candidate.sparsity_coefficient,
+                                         l1_warm_up_steps=warm_up)
+    if candidate.architecture == "jumprelu":
+        return JumpReLUTrainingSAEConfig(**common, l0_coefficient=candidate.sparsity_coefficient,
+                                         l0_warm_up_steps=warm_up)
+    if candidate.architecture == "topk":
+        return TopKTrainingSAEConfig(**common, k=candidate.k)
+    return BatchTopKTrainingSAEConfig(**common, k=candidate.k)
 
 
-def train_sae(
+@contextmanager
+def _sae_lens_progress(enabled: bool) -> Iterator[None]:
+    """SAELens's training bar, silenced when ``enabled`` is False (it has no switch of its own)."""
+    if enabled:
+        yield
+        return
+    original = multi_sae_trainer.tqdm
+    multi_sae_trainer.tqdm = partial(original, disable=True)
+    try:
+        yield
+    finally:
+        multi_sae_trainer.tqdm = original
+
+
+def latest_checkpoint(out_dir: str | Path, names: Sequence[str]) -> Path | None:
+    """The checkpoint of ``out_dir``'s run with the most training samples that holds every candidate, or None."""
+    root = Path(out_dir) / CHECKPOINT_DIR / _RUN_ID
+    found = [p for p in root.glob("*") if p.name.isdigit() and all((p / n).is_dir() for n in names)]
+    return max(found, key=lambda p: int(p.name)) if found else None
+
+
+def train_saes(
     model: nn.Module, texts: Sequence[str], cfg: SAETrainingConfig, out_dir: str | Path, *, progress: bool = True
-) -> SAE:
-    """Train an SAE on ``model``'s activations at ``cfg.hook_name`` over ``texts``; save it to ``out_dir``.
+) -> dict[str, SAE]:
+    """Train every candidate of ``cfg`` on one stream of ``model``'s activations over ``texts``.
 
-    ``out_dir`` gets SAELens's ``cfg.json`` + ``sae_weights.safetensors`` (+ its ``runner_cfg.json``) and our
-    ``training_config.json``. Returns the trained SAE (inference form, normalization folded into the weights).
+    ``out_dir/<name>/`` gets SAELens's ``cfg.json`` + ``sae_weights.safetensors`` + ``sparsity.safetensors`` and
+    our ``training_config.json`` (the whole run's config); ``out_dir/checkpoints/`` the run's checkpoints (a
+    rerun into the same ``out_dir`` resumes from the latest). Returns the trained SAEs (inference form,
+    normalization folded into the weights), by candidate name.
     """
     out_dir = Path(out_dir)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     chunks = _training_chunks(model, texts, cfg)
     device = str(model.cfg.device)
-    runner_cfg = LanguageModelSAERunnerConfig(
-        sae=_sae_config(model, cfg),
+    names = [c.name for c in cfg.candidates]
+    resume = latest_checkpoint(out_dir, names)
+    runner_cfg = MultiSAETrainingRunnerConfig(
+        saes={c.name: _sae_config(model, c, cfg) for c in cfg.candidates},
+        hook_names={c.name: c.hook_name for c in cfg.candidates},
         model_name=getattr(model.cfg, "model_name", "model"),
-        hook_name=cfg.hook_name,
         dataset_path="",
-        is_dataset_tokenized=True,
         streaming=False,
         context_size=cfg.context_size,
         prepend_bos=False,  # the chunks carry their own BOS
@@ -180,18 +257,24 @@ def train_sae(
         device=device,
         act_store_device=device,
         dtype="float32",
-        logger=LoggingConfig(log_to_wandb=False),
-        n_checkpoints=0,
+        logger=LoggingConfig(log_to_wandb=False, wandb_id=_RUN_ID),
+        n_checkpoints=cfg.n_checkpoints,
+        checkpoint_path=str(out_dir / CHECKPOINT_DIR),
         output_path=str(out_dir),
-        verbose=progress,
+        resume_from_checkpoint=None if resume is None else str(resume),
     )
-    runner = LanguageModelSAETrainingRunner(
+    runner = MultiSAETrainingRunner(
         runner_cfg, override_dataset=Dataset.from_dict({"tokens": chunks.tolist()}), override_model=model
     )
-    runner.run()
-    record = {**asdict(cfg), "n_training_chunks": int(chunks.shape[0]), "sae_lens_version": sae_lens.__version__}
-    (out_dir / TRAINING_CONFIG_FILE).write_text(json.dumps(record, indent=2))
-    return SAE.load_from_disk(str(out_dir), device=device)
+    with _sae_lens_progress(progress):
+        runner.run()
+    record = {**asdict(cfg), "n_training_chunks": int(chunks.shape[0]), "sae_lens_version": sae_lens.__version__,
+              "resumed_from": None if resume is None else resume.name}
+    saes = {}
+    for name in names:
+        (out_dir / name / TRAINING_CONFIG_FILE).write_text(json.dumps({**record, "candidate": name}, indent=2))
+        saes[name] = SAE.load_from_disk(str(out_dir / name), device=device)
+    return saes
 
 
 @dataclass
@@ -314,23 +397,35 @@ def train_and_measure(
     quality_tokens: int = 50_000,
     n_sample: int = 4,
     progress: bool = True,
-) -> dict[str, dict[str, float | int | str]]:
-    """Hold out ``n_heldout`` texts, train on the rest (:func:`train_sae`), measure on the held-out ones.
+) -> list[dict[str, Any]]:
+    """Hold out ``n_heldout`` texts, train every candidate on the rest (:func:`train_saes`), measure each on the
+    held-out ones.
 
-    Writes to ``out_dir``: the SAE, ``quality.json`` ({"heldout": ..., "sample": ...}) and
-    ``heldout_sample.jsonl`` (``n_sample`` held-out texts whose quality is recorded under "sample", so a test can
-    recompute it; its CE loss is not measured).
+    Writes ``out_dir/<name>/quality.json`` ({"heldout": ..., "sample": ...}) and ``heldout_sample.jsonl``
+    (``n_sample`` held-out texts whose quality is recorded under "sample", so a test can recompute it; its CE loss
+    is not measured), and ``out_dir/candidates.json``: one row per candidate (architecture, layer, tokens, held-out
+    quality, the run's wall time; all candidates share one run, so the time is the run's). Returns the rows.
     """
     out_dir = Path(out_dir)
     train, heldout = split_heldout(texts, n_heldout, cfg.seed)
-    sae = train_sae(model, train, cfg, out_dir, progress=progress)
+    started = time.perf_counter()
+    saes = train_saes(model, train, cfg, out_dir, progress=progress)
+    wall_s = time.perf_counter() - started
     sample = heldout[:n_sample]
     layout = {"context_size": cfg.context_size, "first_position": cfg.first_position}
-    quality = {
-        "heldout": measure_sae_quality(model, sae, heldout, max_tokens=quality_tokens, progress=progress, **layout),
-        "sample": measure_sae_quality(model, sae, sample, ce_loss=False, progress=progress, **layout),
-    }
-    with (out_dir / SAMPLE_FILE).open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"text": text}) + "\n" for text in sample)
-    (out_dir / QUALITY_FILE).write_text(json.dumps(quality, indent=2))
-    return quality
+    rows = []
+    for candidate in cfg.candidates:
+        sae, folder = saes[candidate.name], out_dir / candidate.name
+        quality = {
+            "heldout": measure_sae_quality(model, sae, heldout, max_tokens=quality_tokens, progress=progress,
+                                           **layout),
+            "sample": measure_sae_quality(model, sae, sample, ce_loss=False, progress=progress, **layout),
+        }
+        with (folder / SAMPLE_FILE).open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps({"text": text}) + "\n" for text in sample)
+        (folder / QUALITY_FILE).write_text(json.dumps(quality, indent=2))
+        rows.append({**asdict(candidate), "layer": hook_layer(candidate.hook_name),
+                     "training_tokens": cfg.training_tokens, "run_wall_s": wall_s,
+                     "n_candidates_in_run": len(cfg.candidates), **quality["heldout"]})
+    (out_dir / CANDIDATES_FILE).write_text(json.dumps(rows, indent=2))
+    return rows

@@ -10,11 +10,16 @@ from sae_lens import SAE, StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
 from dsg_lens.sae_training import (
+    CANDIDATES_FILE,
+    QUALITY_FILE,
     TRAINING_CONFIG_FILE,
+    SAECandidate,
     SAETrainingConfig,
+    latest_checkpoint,
     measure_sae_quality,
     split_heldout,
-    train_sae,
+    train_and_measure,
+    train_saes,
 )
 from dsg_lens.tokens import chunk_corpus
 from tests.conftest import make_sae, texts
@@ -59,25 +64,63 @@ def test_random_sae_has_poor_quality(tiny_llama, corpus):
     assert "ce_loss_recovered" not in quality
 
 
-def test_train_sae_writes_a_loadable_sae(tiny_llama, corpus, tmp_path):
-    cfg = SAETrainingConfig(hook_name=HOOK, d_sae=32, training_tokens=2048, context_size=32,
-                            train_batch_size_tokens=256, n_batches_for_norm_estimate=2, dead_feature_window=4)
-    sae = train_sae(tiny_llama, corpus, cfg, tmp_path, progress=False)
-    loaded = SAE.load_from_disk(str(tmp_path))
-    assert loaded.cfg.metadata.hook_name == HOOK and loaded.cfg.d_sae == 32
-    assert list(loaded.cfg.metadata.seqpos_slice) == [cfg.first_position, None]
-    assert torch.equal(loaded.W_dec, sae.W_dec)
-    record = json.loads((tmp_path / TRAINING_CONFIG_FILE).read_text())
-    assert record["seed"] == cfg.seed and record["sparsity_coefficient"] == cfg.sparsity_coefficient
+def _run_config(**kwargs) -> SAETrainingConfig:
+    candidates = (
+        SAECandidate(name="relu", hook_name=HOOK, d_sae=32, architecture="standard"),
+        SAECandidate(name="btopk", hook_name="blocks.1.hook_resid_post", d_sae=32, architecture="batchtopk", k=4),
+    )
+    return SAETrainingConfig(candidates=candidates, training_tokens=2048, context_size=32,
+                             train_batch_size_tokens=256, n_batches_for_norm_estimate=2, dead_feature_window=4,
+                             **kwargs)
+
+
+def test_candidates_train_on_one_stream_and_load(tiny_llama, corpus, tmp_path):
+    cfg = _run_config(n_checkpoints=0)
+    saes = train_saes(tiny_llama, corpus, cfg, tmp_path, progress=False)
+    relu, btopk = (SAE.load_from_disk(str(tmp_path / name)) for name in ("relu", "btopk"))
+    assert relu.cfg.metadata.hook_name == HOOK and relu.cfg.architecture() == "standard"
+    assert btopk.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
+    assert btopk.cfg.architecture() == "jumprelu"  # SAELens saves BatchTopK in its JumpReLU inference form
+    assert list(relu.cfg.metadata.seqpos_slice) == [cfg.first_position, None]
+    assert torch.equal(relu.W_dec, saes["relu"].W_dec)
+    record = json.loads((tmp_path / "btopk" / TRAINING_CONFIG_FILE).read_text())
+    assert record["candidate"] == "btopk" and record["seed"] == cfg.seed
+    assert SAETrainingConfig.load(tmp_path / "btopk" / TRAINING_CONFIG_FILE) == cfg  # the saved config reproduces
+
+
+def test_a_rerun_resumes_from_the_latest_checkpoint(tiny_llama, corpus, tmp_path):
+    cfg = _run_config(n_checkpoints=3)
+    train_saes(tiny_llama, corpus, cfg, tmp_path, progress=False)
+    latest = latest_checkpoint(tmp_path, ["relu", "btopk"])
+    assert latest is not None and 0 < int(latest.name) < cfg.training_tokens
+    assert latest_checkpoint(tmp_path, ["relu", "missing"]) is None
+    # a rerun (as after an interrupted session) starts at that checkpoint, not at step 0
+    train_saes(tiny_llama, corpus, cfg, tmp_path, progress=False)
+    record = json.loads((tmp_path / "relu" / TRAINING_CONFIG_FILE).read_text())
+    assert record["resumed_from"] == latest.name
+
+
+def test_train_and_measure_writes_quality_and_the_candidate_table(tiny_llama, corpus, tmp_path):
+    rows = train_and_measure(tiny_llama, corpus, _run_config(n_checkpoints=0), tmp_path, n_heldout=20,
+                             quality_tokens=512, progress=False)
+    table = json.loads((tmp_path / CANDIDATES_FILE).read_text())
+    assert [r["name"] for r in table] == ["relu", "btopk"] == [r["name"] for r in rows]
+    for row in table:
+        quality = json.loads((tmp_path / row["name"] / QUALITY_FILE).read_text())
+        assert set(quality) == {"heldout", "sample"}
+        for key in ("explained_variance", "ce_loss_recovered", "dead_fraction", "l0"):
+            assert row[key] == quality["heldout"][key]
+    assert table[1]["layer"] == 1
 
 
 def test_bad_config_and_split_are_rejected(corpus):
     with pytest.raises(ValueError, match="architecture"):
-        SAETrainingConfig(architecture="topk")
+        SAECandidate(architecture="gated")
     with pytest.raises(ValueError, match="names no layer"):
-        SAETrainingConfig(hook_name="hook_embed")
+        SAECandidate(hook_name="hook_embed")
+    with pytest.raises(ValueError, match="unique"):
+        SAETrainingConfig(candidates=(SAECandidate(), SAECandidate()))
+    with pytest.raises(ValueError, match="k <= d_sae"):
+        SAECandidate(d_sae=8, k=9)
     with pytest.raises(ValueError, match="n_heldout"):
         split_heldout(corpus, 0, seed=0)
-    train, held = split_heldout(corpus, 5, seed=0)
-    assert len(held) == 5 and sorted(train + held) == sorted(corpus)
-    assert split_heldout(corpus, 5, seed=0) == (train, held)
