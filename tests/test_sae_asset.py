@@ -49,6 +49,8 @@ def test_load_embedded_sae_casts(sae):
 
 def test_recorded_quality_is_sane(quality):
     heldout = quality["heldout"]
+    # stable keys that users and the README read
+    assert {"explained_variance", "ce_loss_recovered", "dead_fraction", "l0"} <= set(heldout)
     assert 0.0 < heldout["explained_variance"] <= 1.0
     assert heldout["explained_variance_all_tokens"] <= 1.0
     assert 0.0 < heldout["ce_loss_recovered"] <= 1.0
