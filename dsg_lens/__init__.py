@@ -1,43 +1,71 @@
 """dsg-lens: Dynamic SAE Guardrails (DSG) for precision unlearning, on TransformerLens + SAELens."""
 
-from dsg_lens.ablation import ablation_study, write_table
-from dsg_lens.gate import DEFAULT_GATE, Gate, PaperGate, PrefixGate, WindowGate, calibrate_tau, make_gate
-from dsg_lens.guardrail import DynamicSAEGuardrail, GuardrailConfig
-from dsg_lens.hooks import (
-    AttachedHook,
-    HookHandle,
-    HookSpec,
-    attach,
-    attached_hooks,
-    describe_hooks,
-    resolve_hook_name,
-    scoped_hooks,
-    suspended,
-)
-from dsg_lens.interventions import (
-    cache_spec,
-    clamp_latents,
-    latent_intervention,
-    mean_ablate,
-    scale_latents,
-    static_clamp,
-    steer_latents,
-    zero_ablate,
-)
-from dsg_lens.real_tokens import RealTokenRule
-from dsg_lens.sae_adapters import adapter_for, reference_edit
-from dsg_lens.selection import FeatureSet, select_dsg, select_farrell, select_features
-from dsg_lens.activations import hook_activations
-from dsg_lens.stats import LatentStats, collect_latent_stats
-from dsg_lens.tokens import chunk_corpus
-from dsg_lens.tracking import token_tracker
+from __future__ import annotations
 
-# the evaluation and baselines users call next to the core (they import the core, so they come last)
-from dsg_lens.eval.corpus import corpus_loss  # noqa: E402
-from dsg_lens.eval.gate_stats import gate_rates_by_shape, question_inputs  # noqa: E402
-from dsg_lens.eval.mcq import filter_base_correct, score_mcq  # noqa: E402
-from dsg_lens.eval.sweep import pareto_front, run_question_sweep, run_sweep, unlearning_score  # noqa: E402
-from dsg_lens.baselines import RMUConfig, StaticClamp, rmu_unlearn  # noqa: E402
+import importlib
+from typing import Any
+
+# Public names -> the module each comes from. They are imported on first use (PEP 562), so `import dsg_lens` and
+# the `dsg-lens` command line start without loading torch, TransformerLens or SAELens.
+_EXPORTS: dict[str, str] = {
+    "ablation_study": "dsg_lens.ablation",
+    "write_table": "dsg_lens.ablation",
+    "DEFAULT_GATE": "dsg_lens.gate",
+    "Gate": "dsg_lens.gate",
+    "PaperGate": "dsg_lens.gate",
+    "PrefixGate": "dsg_lens.gate",
+    "WindowGate": "dsg_lens.gate",
+    "CountGate": "dsg_lens.gate",
+    "ProbeGate": "dsg_lens.gate",
+    "AnyGate": "dsg_lens.gate",
+    "LinearProbe": "dsg_lens.probe",
+    "train_probe": "dsg_lens.probe",
+    "calibrate_tau": "dsg_lens.gate",
+    "make_gate": "dsg_lens.gate",
+    "DynamicSAEGuardrail": "dsg_lens.guardrail",
+    "GuardrailConfig": "dsg_lens.guardrail",
+    "AttachedHook": "dsg_lens.hooks",
+    "HookHandle": "dsg_lens.hooks",
+    "HookSpec": "dsg_lens.hooks",
+    "attach": "dsg_lens.hooks",
+    "attached_hooks": "dsg_lens.hooks",
+    "describe_hooks": "dsg_lens.hooks",
+    "resolve_hook_name": "dsg_lens.hooks",
+    "scoped_hooks": "dsg_lens.hooks",
+    "suspended": "dsg_lens.hooks",
+    "cache_spec": "dsg_lens.interventions",
+    "clamp_latents": "dsg_lens.interventions",
+    "latent_intervention": "dsg_lens.interventions",
+    "mean_ablate": "dsg_lens.interventions",
+    "scale_latents": "dsg_lens.interventions",
+    "static_clamp": "dsg_lens.interventions",
+    "steer_latents": "dsg_lens.interventions",
+    "zero_ablate": "dsg_lens.interventions",
+    "RealTokenRule": "dsg_lens.real_tokens",
+    "adapter_for": "dsg_lens.sae_adapters",
+    "reference_edit": "dsg_lens.sae_adapters",
+    "FeatureSet": "dsg_lens.selection",
+    "select_dsg": "dsg_lens.selection",
+    "select_farrell": "dsg_lens.selection",
+    "select_features": "dsg_lens.selection",
+    "hook_activations": "dsg_lens.activations",
+    "LatentStats": "dsg_lens.stats",
+    "collect_latent_stats": "dsg_lens.stats",
+    "chunk_corpus": "dsg_lens.tokens",
+    "token_tracker": "dsg_lens.tracking",
+    "corpus_loss": "dsg_lens.eval.corpus",
+    "gate_rates_by_shape": "dsg_lens.eval.gate_stats",
+    "question_inputs": "dsg_lens.eval.gate_stats",
+    "filter_base_correct": "dsg_lens.eval.mcq",
+    "score_mcq": "dsg_lens.eval.mcq",
+    "pareto_front": "dsg_lens.eval.sweep",
+    "run_question_sweep": "dsg_lens.eval.sweep",
+    "run_sweep": "dsg_lens.eval.sweep",
+    "unlearning_score": "dsg_lens.eval.sweep",
+    "RMUConfig": "dsg_lens.baselines",
+    "StaticClamp": "dsg_lens.baselines",
+    "rmu_unlearn": "dsg_lens.baselines",
+}
 
 __all__ = [
     "DEFAULT_GATE",
@@ -65,6 +93,11 @@ __all__ = [
     "PrefixGate",
     "RealTokenRule",
     "WindowGate",
+    "CountGate",
+    "ProbeGate",
+    "AnyGate",
+    "LinearProbe",
+    "train_probe",
     "ablation_study",
     "adapter_for",
     "attach",
@@ -93,3 +126,22 @@ __all__ = [
     "write_table",
     "zero_ablate",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``dsg_lens.X``: the public name ``X`` (imported from its module on first use) or the submodule ``X``."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
+        try:
+            value = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

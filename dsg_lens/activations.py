@@ -45,10 +45,13 @@ def iter_activations(
     skip: int = 0,
     progress: bool = False,
     desc: str = "activations",
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[TokenBatch, Float[Tensor, "batch pos d_in"]]]:
     """(batch, activation at the hook) for the batches of ``sequences`` (:func:`dsg_lens.tokens.iter_batches`),
-    after the first ``skip`` batches (to resume); a progress bar named ``desc``."""
-    total = n_batches(len(sequences), batch_size)
-    batches = islice(iter_batches(model, sequences, batch_size), skip, None)
-    for batch in tqdm(batches, total=total, initial=skip, desc=desc, disable=not progress):
+    after the first ``skip`` batches (to resume); a progress bar named ``desc``. ``shard=(rank, world)``: only
+    the batches ``j`` with ``j % world == rank`` (:mod:`dsg_lens.distributed`), ``skip`` counting those."""
+    rank, world = shard
+    total = len(range(rank, n_batches(len(sequences), batch_size), world))
+    own = (batch for j, batch in enumerate(iter_batches(model, sequences, batch_size)) if j % world == rank)
+    for batch in tqdm(islice(own, skip, None), total=total, initial=skip, desc=desc, disable=not progress):
         yield batch, hook_activations(model, hook_name, batch.tokens)

@@ -26,7 +26,7 @@ def run_demo(out_dir: str | Path, cfg: PipelineConfig | None = None, progress: b
     """Statistics -> selection -> calibration -> guardrail -> forget/retain evaluation -> report + figures
     (``out_dir/report.json``, ``out_dir/guardrail/``, ``out_dir/figures/``)."""
     cfg = cfg or PipelineConfig()
-    model = load_model(cfg.model, device=cfg.device)
+    model = load_model(cfg.model, kind=cfg.model_kind, device=cfg.device)
     sae = load_sae(cfg.sae, device=model.cfg.device)
     report = run_pipeline(model, sae, cfg, out_dir, progress=progress)
     report["figures"] = [str(p) for p in render_figures(out_dir, Path(out_dir) / "figures")]
@@ -49,11 +49,13 @@ def sweep_embedded(
     questions are scored once without the guardrail and, per configuration, only those its guardrail clamps are
     re-scored (:func:`~dsg_lens.eval.sweep.run_question_sweep`); ``naive=True`` re-scores every question under
     every configuration (:func:`~dsg_lens.eval.sweep.run_sweep`, the reference)."""
-    model = load_model(cfg.model, device=cfg.device)
+    model = load_model(cfg.model, kind=cfg.model_kind, device=cfg.device)
     sae = load_sae(cfg.sae, device=model.cfg.device)
     forget_texts, retain_texts = load_texts(cfg.forget_corpus), load_texts(cfg.retain_corpus)
-    forget = collect_latent_stats(model, sae, forget_texts, batch_size=cfg.batch_size, progress=progress)
-    retain = collect_latent_stats(model, sae, retain_texts, batch_size=cfg.batch_size, progress=progress)
+    forget = collect_latent_stats(model, sae, forget_texts, batch_size=cfg.batch_size, progress=progress,
+                                  desc="statistics: forget corpus")
+    retain = collect_latent_stats(model, sae, retain_texts, batch_size=cfg.batch_size, progress=progress,
+                                  desc="statistics: retain corpus")
     forget_q, retain_q = base_correct_questions(model, cfg, progress)
     grid = dict(n_values=n_values, clamp_values=clamp_values, p_ratio_values=p_ratio_values,
                 p_dyn_values=p_dyn_values, clamp_scale=relative, gate=cfg.make_gate(), batch_size=cfg.batch_size,

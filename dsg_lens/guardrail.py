@@ -26,18 +26,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Shaped
 from sae_lens import SAE
 from torch import Tensor, nn
 
 from dsg_lens.artifacts import read_json, read_tensors, require, write_json, write_tensors
-from dsg_lens.gate import DEFAULT_GATE, Gate, calibrate_tau, clamp_positions, gate_from_dict, make_gate
-from dsg_lens.hooks import HookHandle, HookSpec, attach, scoped_hooks
+from dsg_lens.gate import (
+    DEFAULT_GATE,
+    PROBE,
+    TURN_START,
+    Gate,
+    calibrate_gate,
+    clamp_positions,
+    gate_from_dict,
+    gate_needs,
+    gate_probe,
+    gate_tensors,
+    make_gate,
+)
+from dsg_lens.hooks import HookHandle, HookSpec, attach, resolve_hook_name, scoped_hooks
+from dsg_lens.real_tokens import RealTokenRule
 from dsg_lens.sae_adapters import adapter_for
-from dsg_lens.sae_view import check_sae_fits_model, sae_architecture, sae_fingerprint, sae_hook_name
+from dsg_lens.sae_view import check_sae_fits_model, hook_layer, sae_architecture, sae_fingerprint, sae_hook_name
 from dsg_lens.tracking import PassContext, token_tracker
 from dsg_lens.selection import FeatureSet, as_latent_ids
-from dsg_lens.scan import RankScan, gate_scores_from_scan, scan_first_rank
+from dsg_lens.scan import RankScan, gate_scores_from_scan, scan_extras, scan_first_rank
 from dsg_lens.tokens import TextsOrTokens
 
 GUARDRAIL_SCHEMA = 2
@@ -148,8 +161,8 @@ class DynamicSAEGuardrail:
         chosen = make_gate(gate or DEFAULT_GATE) if gate is None or isinstance(gate, str) else gate
         probe = cls(sae, features, chosen, clamp=clamp)
         scan = probe._scan(model, retain_texts, batch_size=batch_size, max_len=max_len, progress=progress)
-        scores = gate_scores_from_scan(scan, probe.gate, len(probe.latent_ids), calibration=True)
-        tuned = probe.gate.with_tau(calibrate_tau(scores, p_dyn))
+        fired, real = scan.padded(len(probe.latent_ids))
+        tuned = calibrate_gate(probe.gate, fired, real, p_dyn, **scan_extras(scan, probe.gate))
         guard = cls(
             sae, features, tuned, clamp=clamp, clamp_scale=clamp_scale, resid_norm=scan.mean_resid_norm,
             hook_name=probe.hook_name,
@@ -158,7 +171,8 @@ class DynamicSAEGuardrail:
         return guard
 
     def _scan(self, model: nn.Module, texts: TextsOrTokens, **kwargs: Any) -> RankScan:
-        return scan_first_rank(model, self.sae, self.latent_ids, texts, hook_name=self.hook_name, **kwargs)
+        return scan_first_rank(model, self.sae, self.latent_ids, texts, hook_name=self.hook_name,
+                               probe=gate_probe(self.gate), turn_starts=TURN_START in gate_needs(self.gate), **kwargs)
 
     def gate_scores(
         self, model: nn.Module, texts: TextsOrTokens, *, batch_size: int = 8, max_len: int | None = None,
@@ -174,7 +188,18 @@ class DynamicSAEGuardrail:
 
     # ------------------------------------------------------------------------------------------- the hook
     def hook_spec(self, model: nn.Module) -> HookSpec:
-        """The HookSpec that applies this guardrail on ``model`` (state is per attachment, never shared)."""
+        """The HookSpec that applies this guardrail on ``model`` (state is per attachment, never shared). A probe
+        gate whose probe reads another HookPoint needs a second spec: use :meth:`hook_specs`."""
+        specs = self.hook_specs(model)
+        if len(specs) != 1:
+            raise ValueError(f"this guardrail's probe reads {gate_probe(self.gate).hook_name}, another HookPoint than "
+                             "its edit: attach it with hook_specs(model) (attached/attach do)")
+        return specs[0]
+
+    def hook_specs(self, model: nn.Module) -> list[HookSpec]:
+        """The HookSpecs that apply this guardrail on ``model``: the guardrail's own, preceded by an observer
+        that records the probe's logits when its probe reads another HookPoint (or the model's activation on a
+        HookedSAETransformer with the SAE attached). State is per attachment, never shared."""
         hook_name = check_sae_fits_model(model, self.sae, self.hook_name)
         latent_point = _attached_sae_latents(model, self.sae, hook_name)
         device = torch.device(model.cfg.device)
@@ -183,38 +208,65 @@ class DynamicSAEGuardrail:
         ids = adapter.latent_ids
         tracker = token_tracker(model)
         gate = self.gate
-        state: dict[str, Tensor | None] = {"fired": None}
+        needs = gate_needs(gate)
+        rule = RealTokenRule.for_model(model) if TURN_START in needs else None
+        probe = gate_probe(gate)
+        probe = probe.to(device) if probe is not None else None
+        probe_point = None if probe is None else resolve_hook_name(model, probe.hook_name, read=True)
+        own_point = latent_point or hook_name
+        observe = probe is not None and (latent_point is not None or probe_point != own_point)
+        if observe:
+            _check_probe_runs_first(probe.hook_name, hook_name)
+        state: dict[str, Any] = {"fired": None, "probe": None, "probe_now": None}
 
-        def decide(acts: Float[Tensor, "batch pos n"], n_pos: int) -> Bool[Tensor, "batch pos"]:
+        def decide(acts: Float[Tensor, "batch pos n"], n_pos: int, resid: Tensor | None) -> Bool[Tensor, "batch pos"]:
             context = tracker.context(n_pos)
             fired_now = (acts > 0).any(-1)
             fired = state["fired"] = _continue(state["fired"], fired_now, context)
-            return clamp_positions(gate, fired, context.real)[:, context.start :]
+            extras: dict[str, Tensor] = {}
+            if rule is not None:
+                extras[TURN_START] = rule.user_turn_starts(context.tokens)
+            if probe is not None:
+                if observe:
+                    logits_now, state["probe_now"] = state["probe_now"], None  # consumed: one per pass
+                    if logits_now is None or logits_now.shape != fired_now.shape:
+                        raise RuntimeError(f"the probe's hook {probe.hook_name} did not run before the guardrail in "
+                                           "this pass: a probe must read a HookPoint at or before the guardrail's")
+                else:
+                    logits_now = probe.logits(resid)
+                extras[PROBE] = state["probe"] = _continue(state["probe"], logits_now, context)
+            return clamp_positions(gate, fired, context.real, **extras)[:, context.start :]
 
         def guardrail_hook(resid: Float[Tensor, "batch pos d"], hook: Any) -> Float[Tensor, "batch pos d"]:
             acts = adapter.encode(resid)
-            clamp_here = decide(acts, resid.shape[1])
+            clamp_here = decide(acts, resid.shape[1], resid)
             return adapter.edit(resid, acts, clamp_values.expand_as(acts), clamp_here)
 
         def latent_hook(latents: Float[Tensor, "batch pos d_sae"], hook: Any) -> Float[Tensor, "batch pos d_sae"]:
             acts = latents.index_select(-1, ids)
-            clamp_here = decide(acts, latents.shape[1])
+            clamp_here = decide(acts, latents.shape[1], None)
             edited = latents.clone()
             edited[..., ids] = torch.where(clamp_here[..., None], clamp_values.to(acts).expand_as(acts), acts)
             return edited
 
+        def probe_hook(act: Float[Tensor, "batch pos d"], hook: Any) -> None:
+            state["probe_now"] = probe.logits(act)
+
         fn, point = (latent_hook, latent_point) if latent_point else (guardrail_hook, hook_name)
-        return HookSpec(point, fn, order=GUARDRAIL_HOOK_ORDER, label=self.label, owner=self, needs_tokens=True)
+        main = HookSpec(point, fn, order=GUARDRAIL_HOOK_ORDER, label=self.label, owner=self, needs_tokens=True)
+        if not observe:
+            return [main]
+        return [HookSpec(probe_point, probe_hook, order=GUARDRAIL_HOOK_ORDER - 1, label=f"{self.label}-probe"), main]
 
     @contextmanager
     def attached(self, model: nn.Module) -> Iterator[DynamicSAEGuardrail]:
         """Attach for the ``with`` block; everything is removed on exit, exceptions included."""
-        with scoped_hooks(model, self.hook_spec(model)):
+        with scoped_hooks(model, *self.hook_specs(model)):
             yield self
 
     def attach(self, model: nn.Module) -> HookHandle:
         """Attach until ``handle.remove()`` (or ``model.reset_hooks()``)."""
-        return attach(model, self.hook_spec(model))
+        return attach(model, *self.hook_specs(model))
 
     # ------------------------------------------------------------------------------------------ persistence
     def config(self) -> GuardrailConfig:
@@ -229,7 +281,8 @@ class DynamicSAEGuardrail:
         folder.mkdir(parents=True, exist_ok=True)
         meta = {"schema_version": GUARDRAIL_SCHEMA, **self.config().to_dict(),
                 "sae": _sae_identity(self.sae, self.latent_ids)}
-        tensors = {"latent_ids": torch.tensor(self.latent_ids, dtype=torch.long), "clamp_values": self.clamp_values}
+        tensors = {"latent_ids": torch.tensor(self.latent_ids, dtype=torch.long), "clamp_values": self.clamp_values,
+                   **gate_tensors(self.gate)}
         write_tensors(folder / "guardrail.safetensors", tensors)
         write_json(folder / "guardrail.json", meta)
         if self.features is not None:
@@ -261,7 +314,7 @@ class DynamicSAEGuardrail:
             if features.ids != ids:
                 raise ValueError(f"{folder}: features.safetensors ids {features.ids[:5]}... differ from guardrail.json")
         guard = cls(
-            sae, features, gate_from_dict(cfg.gate), clamp=cfg.clamp, clamp_scale=cfg.clamp_scale,
+            sae, features, gate_from_dict(cfg.gate, tensors), clamp=cfg.clamp, clamp_scale=cfg.clamp_scale,
             resid_norm=cfg.resid_norm, hook_name=cfg.hook_name, label=cfg.label,
         )
         if not torch.allclose(guard.clamp_values, tensors["clamp_values"].float(), rtol=1e-5, atol=0.0):
@@ -277,10 +330,10 @@ class DynamicSAEGuardrail:
 
 
 def _continue(
-    previous: Bool[Tensor, "rows before"] | None, fired_now: Bool[Tensor, "batch pos"], context: PassContext
-) -> Bool[Tensor, "batch seen"]:
-    """The fired flags of the whole sequence: those of the first ``context.start`` positions (kept from earlier
-    passes: the KV cache holds them) followed by this pass's."""
+    previous: Shaped[Tensor, "rows before"] | None, fired_now: Shaped[Tensor, "batch pos"], context: PassContext
+) -> Shaped[Tensor, "batch seen"]:
+    """Per-token values of the whole sequence (fired flags, probe logits): those of the first ``context.start``
+    positions (kept from earlier passes: the KV cache holds them) followed by this pass's."""
     if context.start == 0:
         return fired_now
     if previous is None or previous.shape[0] != fired_now.shape[0] or previous.shape[1] < context.start:
@@ -289,6 +342,15 @@ def _continue(
             "un-suspended, after the cache was filled): attach it before filling the cache"
         )
     return torch.cat([previous[:, : context.start], fired_now], dim=1)
+
+
+def _check_probe_runs_first(probe_hook: str, guard_hook: str) -> None:
+    """A probe gate decides at the guardrail's hook from the probe's logits of the same pass: its HookPoint must
+    run first (an earlier block, or the same one)."""
+    probe_layer, guard_layer = hook_layer(probe_hook), hook_layer(guard_hook)
+    if probe_layer is not None and guard_layer is not None and probe_layer > guard_layer:
+        raise ValueError(f"the probe reads {probe_hook}, after the guardrail's {guard_hook} in the forward pass: "
+                         "train the probe at the guardrail's hook or an earlier one")
 
 
 def _attached_sae_latents(model: nn.Module, sae: SAE, hook_name: str) -> str | None:

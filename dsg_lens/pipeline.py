@@ -24,6 +24,7 @@ import torch
 from sae_lens import SAE
 from torch import nn
 
+from dsg_lens.config import CALIBRATION_SOURCES, PipelineConfig
 from dsg_lens.data.loaders import (
     MCQ,
     load_corpus,
@@ -36,7 +37,7 @@ from dsg_lens.data.loaders import (
     load_wmdp_corpus,
 )
 from dsg_lens.eval.gate_stats import QUESTION_SHAPES, gate_firing, gate_rates_by_shape, question_inputs
-from dsg_lens.gate import DEFAULT_GATE, Gate, make_gate
+from dsg_lens.gate import Gate, make_gate
 from dsg_lens.eval import mcq
 from dsg_lens.eval.mcq import filter_base_correct, score_mcq
 from dsg_lens.guardrail import DynamicSAEGuardrail
@@ -79,42 +80,6 @@ def load_questions(spec: str) -> list[MCQ]:
     return load_mcq(spec)
 
 
-@dataclass
-class PipelineConfig:
-    """Everything a DSG run depends on (saved into the report)."""
-
-    model: str = "smollm2-135m-instruct"
-    sae: str = "embedded"
-    forget_corpus: str = "embedded:forget"
-    retain_corpus: str = "embedded:retain"
-    forget_questions: str = "embedded:forget"
-    retain_questions: str = "embedded:retain"
-    n: int = 20
-    p_ratio: float = 95.0
-    p_dyn: float = 95.0
-    clamp: float = 500.0
-    clamp_scale: float | None = None
-    protocol: str = "completion"
-    batch_size: int = 8
-    max_questions: int | None = None  # evaluate the first k base-correct questions per side (None or 0: all)
-    gate: str = DEFAULT_GATE  # "window", "prefix" (causal) or "paper" (the reference code's rule, not causal)
-    window: int = 32  # real tokens in the window gate's window
-    min_tokens: int = 8  # real tokens a causal gate waits for before deciding
-    calibration: str = "questions"  # tau on held-out retain questions in the evaluated shape, or on the "corpus"
-    device: str | None = None  # model device; None: TransformerLens's choice (cuda when visible)
-
-    def make_gate(self) -> Gate:
-        """The (uncalibrated) gate these settings name."""
-        if self.gate == "paper":
-            return make_gate("paper")
-        if self.gate == "prefix":
-            return make_gate("prefix", min_tokens=self.min_tokens)
-        return make_gate(self.gate, window=self.window, min_tokens=self.min_tokens)
-
-
-CALIBRATION_SOURCES = ("questions", "corpus")
-
-
 def paper_rule_gate(protocol: str, min_tokens: int = 8) -> Gate:
     """The paper's rho for ``protocol``: its own per-sequence :class:`~dsg_lens.gate.PaperGate` where one pass is
     read at one position (letter protocols), its causal form :class:`~dsg_lens.gate.PrefixGate` (rho over the
@@ -146,8 +111,10 @@ def fit_guardrail(
 ) -> FitResult:
     """Statistics on both corpora, selection, and tau calibrated on the retain corpus (timed)."""
     start = time.perf_counter()
-    forget = collect_latent_stats(model, sae, forget_texts, batch_size=cfg.batch_size, progress=progress)
-    retain = collect_latent_stats(model, sae, retain_texts, batch_size=cfg.batch_size, progress=progress)
+    forget = collect_latent_stats(model, sae, forget_texts, batch_size=cfg.batch_size, progress=progress,
+                                  desc="statistics: forget corpus")
+    retain = collect_latent_stats(model, sae, retain_texts, batch_size=cfg.batch_size, progress=progress,
+                                  desc="statistics: retain corpus")
     features = select_features(forget, retain, n=cfg.n, p_ratio=cfg.p_ratio)
     guard = DynamicSAEGuardrail.fit(
         model, sae, features, calibration_texts(model, cfg, retain_texts), p_dyn=cfg.p_dyn, clamp=cfg.clamp,
@@ -167,8 +134,14 @@ def calibration_texts(model: nn.Module, cfg: PipelineConfig, retain_texts: list[
     held_out = [q for q in load_questions(cfg.retain_questions) if is_calibration_question(q)]
     if not held_out:
         raise ValueError(f"no calibration questions in {cfg.retain_questions}: use calibration='corpus'")
-    shapes = [question_texts(held_out, cfg.protocol, model), question_inputs(model, held_out, "plain")]
-    if getattr(model.tokenizer, "chat_template", None) is not None and cfg.protocol != "chat":
+    return question_calibration_texts(model, held_out, cfg.protocol)
+
+
+def question_calibration_texts(model: nn.Module, held_out: list[MCQ], protocol: str) -> list[str]:
+    """Held-out retain questions in the shapes a guardrail meets questions in: as ``protocol`` shows them to the
+    model, as plain text, and in the chat template (instruct models)."""
+    shapes = [question_texts(held_out, protocol, model), question_inputs(model, held_out, "plain")]
+    if getattr(model.tokenizer, "chat_template", None) is not None and protocol != "chat":
         shapes.append(question_inputs(model, held_out, "chat"))
     return [text for shape in shapes for text in shape]
 
@@ -189,7 +162,8 @@ def evaluate_questions(
     model: nn.Module, forget_q: list[MCQ], retain_q: list[MCQ], protocol: str, batch_size: int, progress: bool
 ) -> dict[str, Any]:
     """Forget and retain accuracy (with 95% CIs) of ``model`` as it is now (guardrail attached or not)."""
-    return mcq.question_metrics({name: score_mcq(model, qs, protocol, batch_size=batch_size, progress=progress)
+    return mcq.question_metrics({name: score_mcq(model, qs, protocol, batch_size=batch_size, progress=progress,
+                                                 desc=f"{name} questions")
                                  for name, qs in (("forget", forget_q), ("retain", retain_q))})
 
 
@@ -197,7 +171,8 @@ def base_correct_questions(model: nn.Module, cfg: PipelineConfig, progress: bool
     """Forget and retain questions the base model answers correctly (cached on disk), capped at max_questions."""
     kept = []
     for side, spec in enumerate((cfg.forget_questions, cfg.retain_questions)):
-        questions = filter_base_correct(model, load_questions(spec), cfg.protocol, progress=progress)
+        questions = filter_base_correct(model, load_questions(spec), cfg.protocol, progress=progress,
+                                        desc=("forget", "retain")[side] + " questions")
         if side == 1 and cfg.calibration == "questions":
             questions = [q for q in questions if not is_calibration_question(q)]
         if not questions:

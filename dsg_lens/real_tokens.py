@@ -40,6 +40,7 @@ class ChatScaffold:
     newline_ids: tuple[int, ...]
     role_ids: tuple[int, ...]
     excluded_role_ids: tuple[int, ...]
+    user_role_ids: tuple[int, ...] = ()
 
 
 def chat_scaffold(tokenizer: object) -> ChatScaffold | None:
@@ -55,7 +56,7 @@ def chat_scaffold(tokenizer: object) -> ChatScaffold | None:
         rendered = tokenizer.apply_chat_template(messages[1:], tokenize=False)
     ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
     pieces = [tokenizer.decode([i]) for i in ids]
-    starts, ends, roles, roles_excluded, newlines = set(), set(), set(), set(), set()
+    starts, ends, roles, roles_excluded, newlines, users = set(), set(), set(), set(), set(), set()
     for k, token in enumerate(ids):
         if token not in specials:
             if pieces[k].endswith("\n"):
@@ -67,12 +68,14 @@ def chat_scaffold(tokenizer: object) -> ChatScaffold | None:
             roles.add(ids[k + 1])
             if following in SYSTEM_ROLES:
                 roles_excluded.add(ids[k + 1])
+            if following == "user":
+                users.add(ids[k + 1])
         elif "".join(pieces[:k]).rstrip().endswith(tuple(_SENTINELS.values())):
             ends.add(token)
     if not starts or not ends or not newlines:
         return None
     return ChatScaffold(tuple(sorted(starts)), tuple(sorted(ends - starts)), tuple(sorted(newlines)),
-                        tuple(sorted(roles)), tuple(sorted(roles_excluded)))
+                        tuple(sorted(roles)), tuple(sorted(roles_excluded)), tuple(sorted(users)))
 
 
 def special_token_ids(model: nn.Module) -> list[int]:
@@ -115,7 +118,7 @@ class RealTokenRule:
         self.pad_id = int(pad_id)
         self.skip_first = bool(skip_first)
         self.scaffold = scaffold
-        self._tensors: dict[torch.device, tuple[Tensor, ...]] = {}
+        self._tensors: dict[object, tuple[Tensor, ...]] = {}
 
     @classmethod
     def for_model(cls, model: nn.Module) -> RealTokenRule:
@@ -153,6 +156,20 @@ class RealTokenRule:
         if self.scaffold is not None:
             real = real & ~_scaffolding(tokens, *scaffold_ids)
         return real
+
+    def user_turn_starts(self, tokens: Int[Tensor, "batch pos"]) -> Bool[Tensor, "batch pos"]:
+        """True at the role token of each user turn (a turn-start token followed by a user role), causally (from
+        tokens <= t); all False without a chat template. Turn-scoped gates count from the latest of these."""
+        scaffold = self.scaffold
+        if scaffold is None or not scaffold.user_role_ids:
+            return torch.zeros_like(tokens, dtype=torch.bool)
+        key = ("user_turns", tokens.device)
+        if key not in self._tensors:  # once per device: no host-to-device copy per pass
+            self._tensors[key] = tuple(torch.tensor(ids, dtype=torch.long, device=tokens.device)
+                                       for ids in (scaffold.turn_start_ids, scaffold.user_role_ids))
+        starts, users = self._tensors[key]
+        after_start = torch.nn.functional.pad(torch.isin(tokens, starts)[:, :-1], (1, 0))
+        return after_start & torch.isin(tokens, users)
 
 
 _RULES: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, RealTokenRule]]" = weakref.WeakKeyDictionary()

@@ -20,6 +20,7 @@ from jaxtyping import Float, Int
 from sae_lens import SAE
 from torch import Tensor, nn
 
+from dsg_lens import distributed
 from dsg_lens.artifacts import read_json, read_tensors, require, write_json, write_tensors
 from dsg_lens.activations import iter_activations
 from dsg_lens.sae_view import check_sae_fits_model, sae_fingerprint
@@ -147,6 +148,7 @@ def collect_latent_stats(
     progress: bool = True,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 100,
+    desc: str = "latent statistics",
 ) -> LatentStats:
     """Per-latent mean activation, mean squared activation and firing frequency of ``sae`` over the real tokens
     of ``texts`` (list of strings, or tokens [n, pos]); with ``features``, also rho per text.
@@ -154,7 +156,10 @@ def collect_latent_stats(
     Texts longer than ``max_len`` (default: the model's context) are processed in windows. With
     ``checkpoint_dir``, the running sums are saved every ``checkpoint_every`` batches (and at the end), and a
     call with the same model, SAE, inputs and options resumes from there; the result equals an uninterrupted
-    run exactly. A checkpoint written for other inputs is refused.
+    run exactly. A checkpoint written for other inputs is refused. ``desc`` names the progress bar.
+
+    Inside :func:`dsg_lens.distributed.sharded` (``torchrun``), the batches are split over the ranks and the sums
+    ``all_reduce``-d: every rank returns the statistics of all ``texts``; checkpoints are kept per rank.
     """
     hook_name = check_sae_fits_model(model, sae)
     d_sae = int(sae.cfg.d_sae)
@@ -163,16 +168,18 @@ def collect_latent_stats(
     n_texts = max(i for i, _ in sequences) + 1
     device = sae.W_dec.device
     partial = _Partial.empty(d_sae, n_texts, device)
+    rank, world = distributed.world()
     checkpoint = None
     if checkpoint_dir is not None:
         if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
             raise ValueError(f"checkpoint_every={checkpoint_every!r} must be a positive number of batches")
         fingerprint = _run_fingerprint(model, sae, hook_name, sequences, feature_list, batch_size)
-        checkpoint = _Checkpoint(Path(checkpoint_dir), fingerprint)
+        folder = Path(checkpoint_dir) if world == 1 else Path(checkpoint_dir) / f"rank{rank}-of-{world}"
+        checkpoint = _Checkpoint(folder, fingerprint)
         partial = checkpoint.restore(partial)
     feature_ids = torch.tensor(feature_list, dtype=torch.long, device=device)
     activations = iter_activations(model, hook_name, sequences, batch_size, skip=partial.batches_done,
-                                   progress=progress, desc="latent stats")
+                                   progress=progress, desc=desc, shard=(rank, world))
     with torch.no_grad():
         for batch, activation in activations:
             resid = activation[batch.real]
@@ -184,6 +191,8 @@ def collect_latent_stats(
                 checkpoint.save(partial)
     if checkpoint is not None:
         checkpoint.save(partial)
+    if world > 1:
+        partial.all_reduce()
     return partial.to_stats(hook_name, feature_list)
 
 
@@ -230,6 +239,14 @@ class _Partial:
             fired = (acts.index_select(1, feature_ids) > 0).any(1).double().cpu()
             self.sums["fired_per_text"].index_add_(0, text_of_token, fired)
         self.batches_done += 1
+
+    def all_reduce(self) -> None:
+        """Sum the running sums of every rank into each (:mod:`dsg_lens.distributed`)."""
+        for value in self.sums.values():
+            distributed.all_reduce_sum_(value)
+        scalars = torch.tensor([float(self.n_tokens), self.norm_sum], dtype=torch.float64)
+        distributed.all_reduce_sum_(scalars)
+        self.n_tokens, self.norm_sum = int(scalars[0]), float(scalars[1])
 
     def to_stats(self, hook_name: str, features: list[int]) -> LatentStats:
         if self.n_tokens == 0:

@@ -220,7 +220,7 @@ def test_pmi_reference_is_computed_once_per_model_and_weights(tiny_tokenizer, mo
     real = mcq.continuation_log_probs
 
     def counting(model, pairs, **kwargs):
-        seen.extend(p for p in pairs if kwargs.get("desc") == "MCQ (PMI reference)")
+        seen.extend(p for p in pairs if kwargs.get("desc") == "PMI reference (no guardrail)")
         return real(model, pairs, **kwargs)
 
     monkeypatch.setattr(mcq, "continuation_log_probs", counting)

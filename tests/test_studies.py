@@ -88,7 +88,8 @@ def test_filler_text_has_the_requested_length(tiny_gpt2):
 def test_attack_study_dilution_beats_paper_gate_not_window_gate(planted, guards, tmp_path):
     model, _ = planted
     fq, rq = word_mcqs(40, 8, True), word_mcqs(41, 8, False)
-    attacks = default_attacks(model, [" ".join(NEUTRAL)], filler_tokens=(0, 40), turns=(1, 2), paraphrases=())
+    attacks = default_attacks(model, [" ".join(NEUTRAL)], filler_tokens=(0, 40), filler_after=(), turns=(1, 2),
+                              paraphrases=())
     result = attack_study(model, guards, fq, rq, attacks, batch_size=4, out_dir=tmp_path, progress=False)
     assert json.loads((tmp_path / "attacks.json").read_text()) == result
     dilution = {row["strength"]: row["guards"] for row in result["attacks"]["dilution"]}
@@ -102,25 +103,46 @@ def test_attack_study_dilution_beats_paper_gate_not_window_gate(planted, guards,
 
 
 # ------------------------------------------------------------------------------------------------- relearn
-def test_relearn_curve(planted, guards, tmp_path):
-    model, _ = planted
-    fq = word_mcqs(50, 6, True)
+def test_relearn_curve_with_methods_attached_while_fine_tuning(planted, guards, tmp_path):
+    from dsg_lens.baselines import StaticClamp
+    from dsg_lens.studies.common import lm_fine_tune
+
+    model, sae = planted
+    fq, rq = word_mcqs(50, 6, True), word_mcqs(54, 4, False)
     rmu = rmu_unlearn(model, texts(51, 8, True), texts(52, 8, False),
                       RMUConfig(layer=0, steering_coef=3.0, steps=2, batch_size=2, max_len=8), progress=False)
+    static = StaticClamp(sae, [5], 20.0)
     before = model.W_E.detach().clone()
-    result = relearn_study(model, guards["paper"], texts(53, 4, True), fq,
-                           RelearnConfig(steps=3, lr=5e-2, max_len=16, batch_size=2), rmu_model=rmu.model,
-                           out_dir=tmp_path, progress=False)
-    assert torch.equal(model.W_E, before)  # fine-tuning works on copies
+    forget_texts = texts(53, 6, True)
+    cfg = RelearnConfig(steps=3, lr=5e-2, n_texts=4, max_len=16, batch_size=2)
+    result = relearn_study(model, forget_texts, fq, cfg, attached={"static_clamp": static, "dsg": guards["paper"]},
+                           unlearned={"rmu": rmu.model}, retain_questions=rq, out_dir=tmp_path, progress=False)
+    assert torch.equal(model.W_E, before) and dsg.attached_hooks(model) == []  # copies; every hook removed
+    assert result["arms"] == ["base", "static_clamp", "dsg", "rmu"] and result["params"]["n_texts"] == 4
     assert [row["step"] for row in result["curve"]] == [0, 1, 2, 3]
-    first = result["curve"][0]
+    first, last = result["curve"][0], result["curve"][-1]
     assert first["base_forget_acc"] == accuracy(model, fq, batch_size=8)
     assert first["rmu_forget_acc"] == accuracy(rmu.model, fq, batch_size=8)
-    assert first["loss"] is None and all(row["loss"] > 0 for row in result["curve"][1:])
-    assert all(0 <= row["dsg_firing_rate"] <= 1 for row in result["curve"])
-    assert (tmp_path / "relearn.json").is_file()
+    with guards["paper"].attached(model):
+        assert first["dsg_forget_acc"] == accuracy(model, fq, batch_size=8)
+    assert first["base_loss"] is None
+    assert all(row[f"{a}_loss"] > 0 for row in result["curve"][1:] for a in result["arms"])
+    assert all(0 <= row["dsg_firing_rate"] <= 1 for row in result["curve"]) and "static_clamp_firing_rate" not in last
+    assert all(f"{a}_retain_acc" in last for a in result["arms"])
+    # the static clamp arm equals fine-tuning by hand with the clamp attached (an independent run)
+    by_hand = lm_fine_tune(model, forget_texts[:4], steps=3, lr=5e-2, batch_size=2, max_len=16, attached=static)
+    with static.attached(by_hand):
+        assert last["static_clamp_forget_acc"] == accuracy(by_hand, fq, batch_size=8)
+    plain = lm_fine_tune(model, forget_texts[:4], steps=3, lr=5e-2, batch_size=2, max_len=16)
+    with static.attached(plain):
+        clamped_after = plain(model.to_tokens(forget_texts[0]))
+    with static.attached(by_hand):
+        assert not torch.allclose(by_hand(model.to_tokens(forget_texts[0])), clamped_after)  # trained through it
+    assert json.loads((tmp_path / "relearn.json").read_text()) == result
     with pytest.raises(ValueError, match="eval_steps"):
         RelearnConfig(steps=2, eval_steps=(5,))
+    with pytest.raises(ValueError, match="distinct"):
+        relearn_study(model, forget_texts, fq, cfg, attached={"base": static}, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------- sequential
@@ -131,25 +153,43 @@ def test_sequential_composes_guardrails_and_removes_them(planted):
     rq = word_mcqs(64, 8, False)
     r_tok = model.to_tokens(texts(65, 1, False))
     reference = model(r_tok)
+    calibration = word_texts(67, 20, n_forget=0)
     result = sequential_study(model, sae, topics, texts(66, 24, False), rq,
-                              SequentialConfig(n=1, p_ratio=90, clamp=20.0, batch_size=4), progress=False)
+                              SequentialConfig(n=1, p_ratio=90, clamp=20.0, batch_size=4),
+                              gate=WindowGate(window=4, min_tokens=1), calibration_texts=calibration, progress=False)
     assert [s["added"] for s in result["steps"]] == [None, "a", "b"]
     assert all(s["retain_acc"] == result["steps"][0]["retain_acc"] for s in result["steps"])
     assert result["steps"][1]["features"] == [5] and result["steps"][2]["features"] == [5]
     assert set(result["steps"][2]["forget_acc"]) == {"a", "b"}
+    assert result["params"]["n_calibration_texts"] == 20 and result["params"]["gate"]["kind"] == "window"
+    guard = dsg.DynamicSAEGuardrail.fit(model, sae, [5], calibration, clamp=20.0,
+                                        gate=WindowGate(window=4, min_tokens=1), progress=False)
+    assert result["steps"][1]["tau"] == guard.gate.tau  # calibrated on the texts given
+    with guard.attached(model):
+        assert result["steps"][1]["forget_acc"]["a"] == accuracy(model, topics[0].questions, batch_size=4)
     assert dsg.attached_hooks(model) == []
     assert torch.equal(model(r_tok), reference)
 
 
 def test_embedded_topics_split_questions_without_overlap():
-    topics, retain_texts, retain_q = embedded_topics(("noun.animal", "noun.food"), max_questions=20)
-    assert [t.name for t in topics] == ["noun.animal", "noun.food"]
+    from dsg_lens.pipeline import is_calibration_question
+
+    split = embedded_topics(("noun.animal", "noun.food", "noun.artifact"), max_questions=20)
+    topics = split.topics
+    assert [t.name for t in topics] == ["noun.animal", "noun.food", "noun.artifact"]
     for topic in topics:
         assert len(topic.questions) == 20 and all(q.subject == topic.name for q in topic.questions)
         held_out = {f"{q.cloze()[0]}{q.cloze()[1][q.answer]}." for q in topic.questions}
         assert not held_out & set(topic.texts)
-    assert retain_q and all(q.subject not in ("noun.animal", "noun.food") for q in retain_q)
-    assert retain_texts and not set(retain_texts) & set(topics[0].texts)
+    retain_q = split.retain_questions
+    assert len(retain_q) == 40 and {q.subject for q in retain_q} == {"noun.body", "noun.location", "noun.plant",
+                                                                      "noun.substance"}
+    assert split.retain_texts and not set(split.retain_texts) & set(topics[0].texts)
+    calibration = split.calibration_questions
+    assert calibration and all(is_calibration_question(q) for q in calibration)
+    assert {q.subject for q in calibration} == {q.subject for q in retain_q}
+    evaluated = {q.id for q in retain_q} | {q.id for t in topics for q in t.questions}
+    assert not evaluated & {q.id for q in calibration}
     with pytest.raises(ValueError, match="unknown"):
         embedded_topics(("noun.bogus",))
 
@@ -165,34 +205,56 @@ def test_subset_is_seeded_and_sized():
 
 def test_efficiency_study(planted, tmp_path):
     model, sae = planted
-    result = efficiency_study(model, sae, texts(70, 20, True), texts(71, 24, False), word_mcqs(72, 4, True),
-                              word_mcqs(73, 4, False),
+    fq, rq = word_mcqs(72, 4, True), word_mcqs(73, 4, False)
+    gate = WindowGate(window=4, min_tokens=1)
+    calibration = word_texts(74, 12, n_forget=0)
+    result = efficiency_study(model, sae, texts(70, 20, True), texts(71, 24, False), fq, rq,
                               EfficiencyConfig(fractions=(0.1, 1.0), n=1, p_ratio=90, clamp=20.0, batch_size=4),
-                              out_dir=tmp_path, progress=False)
+                              gate=gate, calibration_texts=calibration, out_dir=tmp_path, progress=False)
     assert [r["fraction"] for r in result["rows"]] == [1.0, 0.1]
     assert [r["n_texts"] for r in result["rows"]] == [20, 2]
     assert all(r["features"] == [5] and r["jaccard_vs_largest"] == 1.0 for r in result["rows"])
-    assert all(r["retain_acc"] == result["base"]["retain_acc"] for r in result["rows"])
+    assert all(r["retain_acc"] == result["base"]["retain_acc"] and r["fpr"] == 0.0 for r in result["rows"])
+    guard = dsg.DynamicSAEGuardrail.fit(model, sae, [5], calibration, clamp=20.0, gate=gate, progress=False)
+    with guard.attached(model):  # the re-scoring shortcut against scoring everything with the guardrail
+        assert result["rows"][0]["forget_acc"] == accuracy(model, fq, batch_size=4)
+    assert result["params"]["gate"]["kind"] == "window" and result["params"]["n_calibration_texts"] == 12
     assert (tmp_path / "efficiency.json").is_file()
 
 
 # ------------------------------------------------------------------------------------------------ zero-shot
-def test_zeroshot_finds_the_planted_latent_and_scans_tau(planted):
+def test_seed_texts_are_seeded_shuffles_of_the_words():
+    from dsg_lens.studies.zeroshot import seed_texts
+
+    out = seed_texts(["cat", "dog", "fox"], n_orders=5, seed=3)
+    assert out == seed_texts(["cat", "dog", "fox"], n_orders=5, seed=3) and len(out) == 5
+    assert all(sorted(t.split(", ")) == ["cat", "dog", "fox"] for t in out) and len(set(out)) > 1
+    with pytest.raises(ValueError, match="seed word"):
+        seed_texts([])
+
+
+def test_zeroshot_finds_the_planted_latent_from_seed_words_and_scans_tau(planted):
     model, sae = planted
-    topic = ["cat dog fox", "the fox and the dog", "cat"]
-    result = zeroshot_study(model, sae, topic, texts(80, 24, False), word_mcqs(81, 6, True), word_mcqs(82, 6, False),
-                            ZeroShotConfig(taus=(0.1, 0.95), n=1, p_ratio=90, clamp=20.0, batch_size=4, min_tokens=1),
-                            progress=False)
-    assert result["features"] == [5]
+    fq, rq = word_mcqs(81, 6, True), word_mcqs(82, 6, False)
+    gate = WindowGate(window=4, min_tokens=1)
+    result = zeroshot_study(model, sae, ["cat", "dog", "fox"], texts(80, 24, False), fq, rq,
+                            ZeroShotConfig(taus=(0.1, 0.95), n=1, p_ratio=90, clamp=20.0, batch_size=4, n_orders=4,
+                                           min_retain=0.0),
+                            gate=gate, progress=False)
+    assert result["features"] == [5] and result["seed_words"] == ["cat", "dog", "fox"]
     low, high = result["rows"]
     assert low["tpr"] == 1.0 and high["tpr"] < low["tpr"] and low["fpr"] == 0.0
-    assert result["best"] is not None and result["best"]["tau"] in (0.1, 0.95)
+    guard = dsg.DynamicSAEGuardrail(sae, [5], gate.with_tau(0.1), clamp=20.0)
+    with guard.attached(model):
+        assert low["forget_acc"] == accuracy(model, fq, batch_size=4)
+    assert result["best"] == min(result["rows"], key=lambda r: (r["forget_acc"], -r["retain_acc"]))
     with pytest.raises(ValueError, match="taus"):
         ZeroShotConfig(taus=(1.5,))
 
 
 @pytest.mark.parametrize("config", [EfficiencyConfig(fractions=(0.5, 1.0), clamp_scale=2.0), SequentialConfig(n=3),
-                                    ZeroShotConfig(taus=(0.2,)), RelearnConfig(steps=4, eval_steps=(0, 4))])
+                                    ZeroShotConfig(taus=(0.2,)),
+                                    RelearnConfig(steps=4, eval_steps=(0, 4), n_texts=None)])
 def test_study_configs_round_trip_through_json(config):
     data = json.loads(json.dumps(config.to_dict()))
     assert type(config).from_dict(data) == config
@@ -213,22 +275,33 @@ def test_study_configs_take_the_pipeline_settings():
 def test_runners_pass_the_setup_settings_to_the_studies(planted, tmp_path):
     from dsg_lens.pipeline import PipelineConfig
     from dsg_lens.studies import Setup
-    from dsg_lens.studies.runners import run_efficiency, run_relearn, run_zeroshot
+    from dsg_lens.studies.runners import run_efficiency, run_relearn, run_static_sweep, run_zeroshot
 
     model, sae = planted
-    cfg = PipelineConfig(n=1, p_ratio=90.0, clamp=20.0, batch_size=4, calibration="corpus")
+    cfg = PipelineConfig(n=1, p_ratio=90.0, clamp=20.0, batch_size=4, calibration="corpus", window=4, min_tokens=1)
     setup = Setup(model, sae, texts(90, 12, True), texts(91, 24, False), word_mcqs(92, 4, True),
                   word_mcqs(93, 4, False), cfg)
     efficiency = run_efficiency(setup, tmp_path, fractions=(1.0,), progress=False)
     assert efficiency["rows"][0]["features"] == [5]
     assert {k: efficiency["params"][k] for k in ("n", "p_ratio", "clamp", "batch_size", "fractions")} == {
         "n": 1, "p_ratio": 90.0, "clamp": 20.0, "batch_size": 4, "fractions": [1.0]}
-    zeroshot = run_zeroshot(setup, tmp_path, topic_texts=("cat dog fox", "the fox"), n_generic=24, taus=(0.1,),
+    assert efficiency["params"]["gate"] == {"kind": "window", "tau": 0.0, "window": 4, "min_tokens": 1,
+                                            "latch": True}
+    zeroshot = run_zeroshot(setup, tmp_path, seed_words=("cat", "dog", "fox"), n_generic=24, taus=(0.1,),
                             progress=False)
     assert zeroshot["features"] == [5] and zeroshot["params"]["taus"] == [0.1]
-    relearn = run_relearn(setup, tmp_path, n_examples=2, steps=1, lr=1e-3, with_rmu=False, progress=False)
+    static = run_static_sweep(setup, tmp_path, retain_thresholds=(0.0,), n_values=(1,), multipliers=(20.0,),
+                              progress=False)
+    assert static["rows"][0]["features"] == [5] and static["params"]["config"]["n"] == 1
+    (tmp_path / "static_clamp").mkdir()
+    (tmp_path / "static_clamp" / "static_clamp_sweep.json").write_text(json.dumps(static))
+    relearn = run_relearn(setup, tmp_path, RelearnConfig(n_texts=2, steps=1, lr=1e-3), arms=("static_clamp", "dsg"),
+                          best_from=tmp_path, min_retain=0.0, progress=False)
     assert relearn["params"]["eval_batch_size"] == 4 and relearn["params"]["max_len"] == 64  # min(128, n_ctx)
-    assert {p.name for p in tmp_path.iterdir()} == {"efficiency.json", "zeroshot.json", "relearn.json"}
+    assert relearn["arms"] == ["base", "static_clamp", "dsg"]
+    assert relearn["params"]["static"] == {"n": 1, "retain_threshold": 0.0, "multiplier": 20.0}  # the best point
+    assert {p.name for p in tmp_path.iterdir() if p.is_file()} == {"efficiency.json", "zeroshot.json",
+                                                                   "relearn.json", "static_clamp_sweep.json"}
 
 
 def test_cli_parses_compare_and_study_commands():
@@ -267,3 +340,59 @@ def test_gate_shapes_study_on_the_planted_feature(planted):
         gate_shapes_study(model, sae, forget_stats, retain_stats, forget_q, retain_q, retain_q[:1], [], config)
     with pytest.raises(ValueError, match="calibrations"):
         GateShapesConfig(calibrations=("magic",))
+
+
+# ------------------------------------------------------------------------------------ latent ablation, figures
+def test_latent_ablation_study_measures_each_latent_against_the_unablated_model(planted, tmp_path):
+    from dsg_lens.eval.corpus import sequences_loss
+    from dsg_lens.interventions import zero_ablate
+    from dsg_lens.studies.latent_ablation import LatentAblationConfig, latent_ablation_study
+    from dsg_lens.tokens import to_sequences
+
+    model, sae = planted
+    forget, retain = texts(100, 6, True), texts(101, 6, False)
+    result = latent_ablation_study(model, sae, [5, 7], forget, retain,
+                                   LatentAblationConfig(n_texts=4, batch_size=2, max_len=None), out_dir=tmp_path,
+                                   progress=False)
+    assert result["latents"] == [5, 7] and set(result["effects"]) == {"forget text", "retain text"}
+    sequences = to_sequences(model, forget[:4])
+    plain = sequences_loss(model, sequences, batch_size=2, progress=False).mean_loss
+    with dsg.scoped_hooks(model, zero_ablate(sae, [5])):
+        ablated = sequences_loss(model, sequences, batch_size=2, progress=False).mean_loss
+    assert result["effects"]["forget text"][0] == pytest.approx(ablated - plain, abs=1e-6)
+    assert result["effects"]["retain text"][0] == pytest.approx(0.0, abs=1e-6)  # latent 5 never fires on retain text
+    assert (tmp_path / "latent_ablation.json").is_file()
+
+
+def test_study_results_draw_their_figures(tmp_path):
+    from dsg_lens.viz.render import render_figures
+
+    results = tmp_path / "results"
+    base = {"forget_acc": 1.0, "retain_acc": 1.0}
+    rows = [{"fraction": f, "n_texts": int(500 * f), "forget_acc": 0.9 - 0.2 * f, "retain_acc": 0.98,
+             "forget_ci95": [0.8 - 0.2 * f, 0.95 - 0.2 * f], "retain_ci95": [0.95, 0.99], "tpr": 0.4, "fpr": 0.05,
+             "jaccard_vs_largest": f, "features": [1], "tau": 0.2} for f in (0.1, 0.5, 1.0)]
+    zeroshot = {"features": [1, 2], "seed_words": ["cat", "dog"], "base": base, "best": None,
+                "rows": [{"tau": t, "forget_acc": 0.5 + t / 2, "retain_acc": 0.9 + t / 10, "tpr": 1 - t,
+                          "fpr": 0.2 - t / 5} for t in (0.1, 0.5)]}
+    ablation = {"latents": [3, 4], "effects": {"forget text": [0.2, 0.1], "retain text": [0.01, 0.0]},
+                "metric": "change in next-token loss (nats)", "rows": {"forget text": []}}
+    static = {"base": base, "pareto": [], "params": {"method": "static_clamp"},
+              "rows": [{"retain_threshold": 0.01, "n": 10, "multiplier": m, "forget_acc": 1 - m / 400,
+                        "retain_acc": 1 - m / 4000} for m in (25.0, 200.0)]}
+    relearn = {"arms": ["base", "static_clamp", "dsg", "rmu"], "params": {"lr": 1e-4, "n_texts": 32, "batch_size": 4},
+               "curve": [{"step": s, **{f"{a}_forget_acc": 0.5 + s / 20 for a in ("base", "static_clamp", "dsg",
+                                                                                  "rmu")}} for s in (0, 4, 8)]}
+    for name, data in {"efficiency": {"base": base, "rows": rows, "params": {"n_forget_texts": 500}},
+                       "zeroshot": zeroshot, "latent_ablation": ablation, "static_clamp": static,
+                       "relearn": relearn}.items():
+        (results / name).mkdir(parents=True)
+        (results / name / f"{name}.json").write_text(json.dumps(data))
+    written = {p.name for p in render_figures(results, tmp_path / "figures")}
+    assert {"efficiency.png", "zeroshot.png", "latent_ablation.png", "pareto.png", "relearning.png"} <= written
+    assert "clamp_sweep.png" not in written  # static clamping has multipliers, not DSG clamps
+    svg = (tmp_path / "figures" / "relearning.svg").read_text()
+    assert all(label in svg for label in ("static clamping", "RMU", "DSG", "32 forget texts"))
+    pareto = (tmp_path / "figures" / "pareto.svg").read_text()
+    assert "static clamping: front of 2 configs" in pareto  # efficiency and zero-shot rows are not sweeps
+    assert "efficiency" not in pareto and "zeroshot" not in pareto

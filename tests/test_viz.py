@@ -231,7 +231,7 @@ def test_render_figures_draws_every_figure_once(tmp_path):
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         else:
             assert "<svg" in path.read_text()
-    pareto_svg = (tmp_path / "figures" / "pareto.svg").read_text()
+    pareto_svg = (tmp_path / "figures" / "pareto.svg").read_text().lower()
     assert "static" in pareto_svg and "dsg" in pareto_svg and "no guardrail" in pareto_svg
 
 

@@ -1,6 +1,8 @@
 """RMU (Representation Misdirection for Unlearning; Li et al. 2024, WMDP): the gradient-based baseline.
 
-Fine-tune the MLP weights of ``update_layers`` so that the residual stream after block ``layer``
+Fine-tune weights of ``update_layers`` (default: only the MLP output matrices ``mlp.W_out``, the reference code's
+``down_proj``; ``param_set="mlp"``: every MLP weight, ``"block"``: every weight of the block) so that the residual
+stream after block ``layer``
 (``blocks.{layer}.hook_resid_post``) on forget text moves toward ``steering_coef * u`` (``u``: a fixed random unit
 vector drawn with ``seed``), while on retain text it stays close to the frozen model's:
 
@@ -51,10 +53,33 @@ def training_window(max_len: int | None, n_ctx: int, default: int = DEFAULT_TRAI
     return max_len
 
 
+PARAM_SETS: dict[str, str] = {
+    "w_out": "mlp.W_out of each update layer (the WMDP reference's down_proj: its default param_ids)",
+    "mlp": "every MLP weight of each update layer",
+    "block": "every weight of each update layer (attention, MLP, norms)",
+}
+"""Which weights of the update layers RMU trains."""
+
+
+def trained_parameters(model: nn.Module, layers: tuple[int, ...], param_set: str) -> list[nn.Parameter]:
+    """The parameters RMU trains: ``param_set`` (:data:`PARAM_SETS`) of blocks ``layers``."""
+    if param_set not in PARAM_SETS:
+        raise ValueError(f"param_set={param_set!r}: use one of {sorted(PARAM_SETS)}")
+    out: list[nn.Parameter] = []
+    for i in layers:
+        block = model.blocks[i]
+        if param_set == "w_out":
+            out.append(block.mlp.W_out)
+        else:
+            out.extend((block.mlp if param_set == "mlp" else block).parameters())
+    return out
+
+
 @dataclass
 class RMUConfig:
     """RMU settings (module docstring). ``update_layers=None``: ``layer-2 .. layer`` (those that exist);
-    ``max_len=None``: ``min(128, n_ctx)`` tokens per training window."""
+    ``max_len=None``: ``min(128, n_ctx)`` tokens per training window; ``param_set``: which weights of those
+    layers are trained (:data:`PARAM_SETS`; default ``"w_out"``, the WMDP reference)."""
 
     layer: int = 6
     update_layers: tuple[int, ...] | None = None
@@ -66,6 +91,7 @@ class RMUConfig:
     batch_size: int = 4
     max_len: int | None = None
     seed: int = 0
+    param_set: str = "w_out"
 
     def layers_to_update(self) -> tuple[int, ...]:
         if self.update_layers is not None:
@@ -92,6 +118,8 @@ class RMUConfig:
             raise ValueError(f"steering_coef={self.steering_coef} must be positive (or None for the automatic value)")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be at least 1")
+        if self.param_set not in PARAM_SETS:
+            raise ValueError(f"param_set={self.param_set!r}: use one of {sorted(PARAM_SETS)}")
 
 
 @dataclass
@@ -159,7 +187,7 @@ def rmu_unlearn(
     student = model if inplace else copy.deepcopy(model)
     student.eval()  # no dropout in TransformerLens models; eval keeps it deterministic
     flags = {name: p.requires_grad for name, p in student.named_parameters()}
-    trained_ids = {id(p) for i in cfg.layers_to_update() for p in student.blocks[i].mlp.parameters()}
+    trained_ids = {id(p) for p in trained_parameters(student, cfg.layers_to_update(), cfg.param_set)}
     trained = [p for p in student.parameters() if id(p) in trained_ids]
     for param in student.parameters():
         param.requires_grad_(id(param) in trained_ids)

@@ -54,7 +54,7 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from dsg_lens.models import EMBEDDED_MODEL
+    from dsg_lens.config import EMBEDDED_MODEL
 
     parser = subparsers.add_parser("bench", help="overhead benchmark of the guardrail (table + JSON)")
     parser.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON output (default: bench.json)")

@@ -151,7 +151,28 @@ def _open_local(path: Path, split: str) -> datasets.Dataset:
     builder = _LOCAL_FORMATS.get(path.suffix.lower())
     if builder is None:
         raise ValueError(f"cannot read {path}: use a .jsonl/.json/.parquet file or a save_to_disk folder")
+    if path.suffix.lower() == ".jsonl":
+        _check_jsonl(path)
     return datasets.load_dataset(builder, data_files=str(path), split="train")
+
+
+def _check_jsonl(path: Path) -> None:
+    """Every non-blank line of ``path`` must be one JSON object; else a ValueError naming the file and the line
+    (``datasets`` would only say that generating the data set failed)."""
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8").rstrip("\r\n"))
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}, line {number}: not UTF-8 text ({error.reason})") from None
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg}, column {error.colno}); each "
+                                 "line of a .jsonl file must be one JSON object") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}, line {number}: a JSON {type(row).__name__}, not an object "
+                                 '(each line of a .jsonl file must be one object such as {"text": ...})')
 
 
 def open_dataset(source: str | os.PathLike[str], config: str | None = None,

@@ -32,16 +32,18 @@ import math
 import os
 import re
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from dsg_lens import distributed
+from dsg_lens.config import PROTOCOLS
 from dsg_lens.data.loaders import EMBEDDED_DIR, MCQ, fingerprint
 from dsg_lens.eval.batching import continuation_logits, frozen_prefix_cache, padded_logits, supports_kv_cache
 from dsg_lens.hooks import attached_hooks, attached_owners, suspended
@@ -54,11 +56,13 @@ __all__ = [
     "MCQResult",
     "PROTOCOLS",
     "QuestionResult",
+    "ContinuationScore",
     "ScoredSequence",
     "base_correct_ids",
     "chat_prompt",
     "clear_reference_cache",
     "continuation_log_probs",
+    "continuation_scores",
     "filter_base_correct",
     "lm_eval_prompt",
     "reference_log_probs",
@@ -67,7 +71,6 @@ __all__ = [
     "wilson_interval",
 ]
 
-PROTOCOLS = ("chat", "lm_eval", "completion")
 COMPLETION_SCORES = ("pmi", "sum", "norm")
 
 DEFAULT_MARGIN = {"chat": 0.0, "lm_eval": 0.0, "completion": 0.5}
@@ -206,26 +209,36 @@ def _letter_prompts(model: nn.Module, questions: Sequence[MCQ], protocol: str) -
     return [_ids(model, lm_eval_prompt(q), prepend_bos=default_bos) for q in questions]
 
 
-def _forward_log_probs(model: nn.Module, sequences: list[list[int]], spans: list[tuple[int, int]],
-                       batch_size: int, progress: bool, desc: str) -> list[Float[Tensor, "span vocab"]]:
-    """Log-softmax of the logits at positions ``spans[k] = (start, stop)`` of each sequence, on the CPU.
+Done = Callable[[Sequence[int]], None]
+"""Told the indices of the sequences (or pairs) a batch has just finished (progress bars)."""
 
-    Right-padded batches; the attention mask covers exactly each sequence's tokens.
+T = TypeVar("T")
+
+
+def _forward_log_probs(model: nn.Module, sequences: list[list[int]], spans: list[tuple[int, int]],
+                       batch_size: int, reduce: Callable[[int, Float[Tensor, "span vocab"]], T], done: Done
+                       ) -> list[T]:
+    """``reduce(k, log-softmax of the logits at positions spans[k] = (start, stop))`` for each sequence ``k``.
+
+    Right-padded batches; the attention mask covers exactly each sequence's tokens. Inside
+    :func:`dsg_lens.distributed.sharded` the batches are split over the ranks and the results gathered.
     """
     tensors = [(k, torch.tensor(seq, dtype=torch.long)) for k, seq in enumerate(sequences)]
-    out: list[Tensor | None] = [None] * len(sequences)
-    with torch.inference_mode(), tqdm(total=len(sequences), desc=desc, disable=not progress) as bar:
-        for batch in iter_batches(model, tensors, batch_size):
+    out: list[T | None] = [None] * len(sequences)
+    with torch.inference_mode():
+        for j, batch in enumerate(iter_batches(model, tensors, batch_size)):
+            if not distributed.owns(j):
+                continue
             logits = padded_logits(model, batch, [len(sequences[k]) for k in batch.seq_index])
             for row, k in enumerate(batch.seq_index):
                 start, stop = spans[k]
-                out[k] = torch.log_softmax(logits[row, start:stop].float(), dim=-1).cpu()
-            bar.update(len(batch.seq_index))
-    return out  # type: ignore[return-value]
+                out[k] = reduce(k, torch.log_softmax(logits[row, start:stop].float(), dim=-1))
+            done(batch.seq_index)
+    return distributed.merge_owned(out)
 
 
 def _letter_scores(model: nn.Module, questions: Sequence[MCQ], protocol: str, batch_size: int,
-                   progress: bool) -> list[list[float]]:
+                   bar: _QuestionBar) -> list[list[float]]:
     n_choices = len(questions[0].choices)
     if any(len(q.choices) != n_choices for q in questions):
         raise ValueError("letter protocols need the same number of choices in every question")
@@ -235,12 +248,12 @@ def _letter_scores(model: nn.Module, questions: Sequence[MCQ], protocol: str, ba
     else:
         candidates = [_letter_ids(model, n_choices, spaced=True)]
     spans = [(len(p) - 1, len(p)) for p in prompts]
-    log_probs = _forward_log_probs(model, prompts, spans, batch_size, progress, f"MCQ ({protocol})")
-    scores = []
-    for lp in log_probs:
+
+    def best_letter(k: int, lp: Tensor) -> list[float]:
         per_variant = torch.stack([lp[0, ids] for ids in candidates])  # [variant, choice]
-        scores.append(per_variant.max(dim=0).values.tolist())
-    return scores
+        return per_variant.max(dim=0).values.tolist()
+
+    return _forward_log_probs(model, prompts, spans, batch_size, best_letter, bar.done)
 
 
 _MAX_SLOTS = 8
@@ -250,22 +263,36 @@ Pair = tuple[tuple[int, ...], tuple[int, ...]]  # token ids of a context and of 
 Row = tuple[tuple[int, ...], list[int]]  # a context's token ids and the indices of the pairs continuing it
 
 
-def _continuation_log_probs_full(model: nn.Module, pairs: Sequence[Pair], batch_size: int, progress: bool,
-                                 desc: str) -> list[Float[Tensor, " cont"]]:
-    """Per-token log-probs of each continuation, one right-padded forward pass per context + continuation."""
+class ContinuationScore(NamedTuple):
+    """A continuation's per-token ``log_probs`` [cont] (CPU) and whether greedy decoding from the context would
+    produce exactly it (``greedy``: every token is the argmax; lm-eval's ``is_greedy``)."""
+
+    log_probs: Float[Tensor, " cont"]
+    greedy: bool
+
+
+def _continuation_score(log_probs: Float[Tensor, "cont vocab"], cont: Sequence[int]) -> ContinuationScore:
+    target = torch.tensor(cont, dtype=torch.long, device=log_probs.device)
+    picked = log_probs.gather(1, target[:, None])[:, 0].cpu()
+    return ContinuationScore(picked, bool((log_probs.argmax(-1) == target).all()))
+
+
+def _continuation_log_probs_full(model: nn.Module, pairs: Sequence[Pair], batch_size: int, done: Done
+                                 ) -> list[ContinuationScore]:
+    """Each continuation's score, one right-padded forward pass per context + continuation."""
     sequences = [list(ctx) + list(cont) for ctx, cont in pairs]
     spans = [(len(ctx) - 1, len(ctx) + len(cont) - 1) for ctx, cont in pairs]
-    log_probs = _forward_log_probs(model, sequences, spans, batch_size, progress, desc)
-    targets = [torch.tensor(cont, dtype=torch.long)[:, None] for _, cont in pairs]
-    return [lp.gather(1, target)[:, 0] for target, lp in zip(targets, log_probs)]
+    return _forward_log_probs(model, sequences, spans, batch_size,
+                              lambda k, lp: _continuation_score(lp, pairs[k][1]), done)
 
 
-def _continuation_log_probs_cached(model: nn.Module, pairs: Sequence[Pair], batch_size: int, progress: bool,
-                                   desc: str) -> list[Float[Tensor, " cont"]]:
-    """Per-token log-probs of each continuation: each distinct context runs once (all but its last token, into a
-    frozen KV cache; up to ``batch_size`` contexts per pass, similar lengths together), then its continuations
-    run as suffixes "last context token + continuation", one per row and pass (up to :data:`_MAX_SLOTS` passes
-    per cache; a context with more continuations fills several rows)."""
+def _continuation_log_probs_cached(model: nn.Module, pairs: Sequence[Pair], batch_size: int, done: Done
+                                   ) -> list[ContinuationScore]:
+    """Each continuation's score: each distinct context runs once (all but its last token, into a frozen KV
+    cache; up to ``batch_size`` contexts per pass, similar lengths together), then its continuations run as
+    suffixes "last context token + continuation", one per row and pass (up to :data:`_MAX_SLOTS` passes per
+    cache; a context with more continuations fills several rows). Inside :func:`dsg_lens.distributed.sharded`
+    the passes are split over the ranks and the results gathered."""
     n_batches(len(pairs), batch_size)  # validates batch_size
     by_context: dict[tuple[int, ...], list[int]] = {}
     for k, (ctx, _) in enumerate(pairs):
@@ -273,9 +300,11 @@ def _continuation_log_probs_cached(model: nn.Module, pairs: Sequence[Pair], batc
     slots = min(max(len(ks) for ks in by_context.values()), _MAX_SLOTS)
     rows = [(ctx, ks[i : i + slots]) for ctx, ks in by_context.items() for i in range(0, len(ks), slots)]
     rows.sort(key=lambda row: (-len(row[0]), -len(row[1])))
-    out: list[Tensor | None] = [None] * len(pairs)
-    with torch.inference_mode(), tqdm(total=len(pairs), desc=desc, disable=not progress) as bar:
+    out: list[ContinuationScore | None] = [None] * len(pairs)
+    with torch.inference_mode():
         for start in range(0, len(rows), batch_size):
+            if not distributed.owns(start // batch_size):
+                continue
             chunk = rows[start : start + batch_size]
             filler = _hole_filler(model, chunk, pairs)
             if filler is None:  # no safe filler: contexts of one length per pass (nothing to fill)
@@ -284,11 +313,12 @@ def _continuation_log_probs_cached(model: nn.Module, pairs: Sequence[Pair], batc
                 groups = [chunk]
             for group in groups:
                 _run_rows(model, group, pairs, pad_token_id(model) if filler is None else filler, out)
-                bar.update(sum(len(ks) for _, ks in group))
-    return out  # type: ignore[return-value]
+                done([k for _, ks in group for k in ks])
+    return distributed.merge_owned(out)
 
 
-def _run_rows(model: nn.Module, rows: list[Row], pairs: Sequence[Pair], filler: int, out: list[Tensor | None]) -> None:
+def _run_rows(model: nn.Module, rows: list[Row], pairs: Sequence[Pair], filler: int,
+              out: list[ContinuationScore | None]) -> None:
     """One frozen cache for ``rows``' contexts (but their last tokens; shorter ones followed by ``filler``, masked
     out of attention), then one pass per slot; fills ``out[k]`` for every pair index k of the rows."""
     device = torch.device(model.cfg.device)
@@ -308,9 +338,8 @@ def _run_rows(model: nn.Module, rows: list[Row], pairs: Sequence[Pair], filler: 
         logits = continuation_logits(model, cache, tokens.to(device), lengths)
         for row, k in enumerate(chosen):
             if k is not None:
-                cont = torch.tensor(pairs[k][1], dtype=torch.long, device=logits.device)
-                log_probs = torch.log_softmax(logits[row, : len(cont)].float(), dim=-1)
-                out[k] = log_probs.gather(1, cont[:, None])[:, 0].cpu()
+                cont = pairs[k][1]
+                out[k] = _continuation_score(torch.log_softmax(logits[row, : len(cont)].float(), dim=-1), cont)
 
 
 def _hole_filler(model: nn.Module, rows: list[Row], pairs: Sequence[Pair]) -> int | None:
@@ -373,13 +402,34 @@ def continuation_log_probs(
     Footgun: with a NON-causal gate attached (:class:`~dsg_lens.gate.PaperGate`) the two paths differ, and both
     let the continuation's own tokens switch the guardrail on for the positions that predict it.
     """
-    if use_kv_cache is None:
-        use_kv_cache = supports_kv_cache(model)
     tokenized = [_pair_ids(model, context, cont) for context, cont in pairs]
+    scores = continuation_scores(model, tokenized, batch_size=batch_size, progress=progress, desc=desc,
+                                 use_kv_cache=use_kv_cache)
+    return [score.log_probs for score in scores]
+
+
+def continuation_scores(
+    model: nn.Module,
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+    desc: str = "continuations",
+    use_kv_cache: bool | None = None,
+) -> list[ContinuationScore]:
+    """:func:`continuation_log_probs` for ``(context ids, continuation ids)`` pairs already tokenized (the
+    context as the model should see it, BOS included), with each continuation's greedy flag: what
+    lm-eval's ``loglikelihood`` returns. Same passes, same values (KV path or one full pass per pair)."""
+    tokenized = [(tuple(int(t) for t in ctx), tuple(int(t) for t in cont)) for ctx, cont in pairs]
+    if any(not ctx or not cont for ctx, cont in tokenized):
+        raise ValueError("every pair needs at least one context token (e.g. BOS) and one continuation token")
     if not tokenized:
         return []
+    if use_kv_cache is None:
+        use_kv_cache = supports_kv_cache(model)
     run = _continuation_log_probs_cached if use_kv_cache else _continuation_log_probs_full
-    return run(model, tokenized, batch_size, progress, desc)
+    with tqdm(total=len(tokenized), desc=desc, unit="continuation", disable=not progress) as bar:
+        return run(model, tokenized, batch_size, lambda done: bar.update(len(done)))
 
 
 # ------------------------------------------------------------------------------ the PMI reference (cached)
@@ -429,7 +479,7 @@ def reference_log_probs(
     if missing:
         with suspended(model):
             values = continuation_log_probs(model, missing, batch_size=batch_size, progress=progress,
-                                            desc="MCQ (PMI reference)")
+                                            desc="PMI reference (no guardrail)")
         memo.update({pair: float(lp.sum()) for pair, lp in zip(missing, values)})
     return [memo[pair] for pair in pairs]
 
@@ -442,21 +492,52 @@ def clear_reference_cache(model: nn.Module | None = None) -> None:
         _REFERENCES.pop(model, None)
 
 
-def _completion_scores(model: nn.Module, questions: Sequence[MCQ], score: str, batch_size: int,
-                       progress: bool) -> list[list[float]]:
+class _QuestionBar:
+    """A progress bar that counts questions, fed with the indices of the scored items (sequences, pairs) each
+    batch finishes: a question counts once all its items are done."""
+
+    def __init__(self, items: Sequence[Sequence[int]], n_items: int, desc: str, enabled: bool):
+        self._left = [len(set(own)) for own in items]
+        self._questions: list[list[int]] = [[] for _ in range(n_items)]
+        for question, own in enumerate(items):
+            for k in set(own):
+                self._questions[k].append(question)
+        self._bar = tqdm(total=len(items), desc=desc, unit="question", disable=not enabled)
+
+    def done(self, finished: Sequence[int]) -> None:
+        completed = 0
+        for k in finished:
+            for question in self._questions[k]:
+                self._left[question] -= 1
+                completed += self._left[question] == 0
+        self._bar.update(completed)
+
+    def __enter__(self) -> _QuestionBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:  # sharded: the other ranks scored the rest
+            self._bar.update(self._bar.total - self._bar.n)
+        self._bar.close()
+
+
+def _completion_scores(model: nn.Module, questions: Sequence[MCQ], score: str, batch_size: int, progress: bool,
+                       desc: str) -> list[list[float]]:
     """Per-choice completion scores; each distinct (context, continuation) pair is scored once, each distinct
     context runs once (KV path), the PMI reference comes from :func:`reference_log_probs`."""
     pairs: dict[tuple[str, str], int] = {}
     neutral_pairs: dict[tuple[str, str], int] = {}
+    items = []  # per question: its pairs' indices
     for q in questions:
         context, candidates, neutral = q.cloze()
-        for cand in candidates:
-            pairs.setdefault((context, cand), len(pairs))
-            if score == "pmi":
+        items.append([pairs.setdefault((context, cand), len(pairs)) for cand in candidates])
+        if score == "pmi":
+            for cand in candidates:
                 neutral_pairs.setdefault((neutral, cand), len(neutral_pairs))
-    log_probs = continuation_log_probs(model, list(pairs), batch_size=batch_size, progress=progress,
-                                       desc=f"MCQ (completion, {score})")
-    totals = [float(lp.sum()) for lp in log_probs]
+    tokenized = [_pair_ids(model, context, cand) for context, cand in pairs]
+    run = _continuation_log_probs_cached if supports_kv_cache(model) else _continuation_log_probs_full
+    with _QuestionBar(items, len(pairs), desc, progress) as bar:
+        totals = [float(result.log_probs.sum()) for result in run(model, tokenized, batch_size, bar.done)]
     references = reference_log_probs(model, list(neutral_pairs), batch_size=batch_size, progress=progress)
     scores = []
     for q in questions:
@@ -481,19 +562,26 @@ def score_mcq(
     completion_score: str = "pmi",
     batch_size: int = 16,
     progress: bool = True,
+    desc: str = "questions",
 ) -> MCQResult:
-    """Score ``questions`` with ``model`` under ``protocol`` (see the module docstring)."""
+    """Score ``questions`` with ``model`` under ``protocol`` (see the module docstring). The progress bar,
+    "scoring <desc> (guarded)" or "(base)", counts questions.
+
+    Inside :func:`dsg_lens.distributed.sharded` (``torchrun``), the forward passes are split over the ranks and
+    every rank returns the scores of all questions."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}: use one of {PROTOCOLS}")
     if completion_score not in COMPLETION_SCORES:
         raise ValueError(f"unknown completion_score {completion_score!r}: use one of {COMPLETION_SCORES}")
     if len(questions) == 0:
         raise ValueError("no questions to score: pass at least one MCQ")
+    bar_label = f"scoring {desc} ({'guarded' if attached_owners(model) else 'base'})"
     if protocol == "completion":
-        _refuse_non_causal_gates(model)
-        scores = _completion_scores(model, questions, completion_score, batch_size, progress)
+        refuse_non_causal_gates(model)
+        scores = _completion_scores(model, questions, completion_score, batch_size, progress, bar_label)
     else:
-        scores = _letter_scores(model, questions, protocol, batch_size, progress)
+        with _QuestionBar([[k] for k in range(len(questions))], len(questions), bar_label, progress) as bar:
+            scores = _letter_scores(model, questions, protocol, batch_size, bar)
     records = tuple(
         QuestionResult(q.id, q.subject, q.answer, max(range(len(s)), key=s.__getitem__), tuple(s))
         for q, s in zip(questions, scores)
@@ -502,7 +590,7 @@ def score_mcq(
     return MCQResult(label, records)
 
 
-def _refuse_non_causal_gates(model: nn.Module) -> None:
+def refuse_non_causal_gates(model: nn.Module) -> None:
     """A non-causal gate (the paper's per-sequence rho) lets each candidate answer switch the guardrail on for the
     positions that predict it: completion scores under it are leaky, so they are refused, not returned."""
     leaky = [owner for owner in attached_owners(model) if getattr(getattr(owner, "gate", None), "causal", True) is False]
@@ -577,6 +665,7 @@ def base_correct_ids(
     progress: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
     use_cache: bool = True,
+    desc: str = "questions",
 ) -> list[str]:
     """Ids of the questions the (unhooked) base model gets right, cached on disk.
 
@@ -585,6 +674,7 @@ def base_correct_ids(
     ``margin=None`` takes :data:`DEFAULT_MARGIN`. The ids are cached as JSON under ``cache_dir`` (default
     ``$DSG_LENS_CACHE`` or ``~/.cache/dsg_lens``) per model (name + weight signature), data set fingerprint and
     protocol settings; ids shipped for the embedded model (:data:`SHIPPED_CACHE`) are used when the key matches.
+    ``desc`` names the questions in the progress bar.
     """
     if _has_hooks(model):
         raise ValueError("base-correct filtering must run on the base model, but hooks are attached: run it "
@@ -603,8 +693,9 @@ def base_correct_ids(
         expanded = list(questions)
     else:
         expanded = [q.permuted(order) for q in questions for order in itertools.permutations(range(len(q.choices)))]
+    orders = "" if protocol == "completion" or not questions else f" in all {len(expanded) // len(questions)} orders"
     result = score_mcq(model, expanded, protocol, completion_score=completion_score, batch_size=batch_size,
-                       progress=progress)
+                       progress=progress, desc=f"{desc}{orders} to keep the base-correct ones")
     worst: dict[str, float] = {}
     for record in result.records:
         worst[record.id] = min(worst.get(record.id, math.inf), record.margin)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ from dsg_lens.artifacts import write_json
 from dsg_lens.baselines.rmu import training_window
 from dsg_lens.data.loaders import MCQ
 from dsg_lens.eval.mcq import score_mcq
+from dsg_lens.eval.rescore import Attachable
 from dsg_lens.models import load_model
 from dsg_lens.pipeline import PipelineConfig, base_correct_questions, load_sae, load_texts
 from dsg_lens.tokens import iter_batches, to_sequences
@@ -67,7 +69,7 @@ class Setup:
 def load_setup(cfg: PipelineConfig | None = None, *, device: str | None = None, progress: bool = True) -> Setup:
     """Load the sources named in ``cfg`` (default: the embedded SmolLM2 + WordNet benchmark), fp32."""
     cfg = cfg or PipelineConfig()
-    model = load_model(cfg.model, device=device or cfg.device)
+    model = load_model(cfg.model, kind=cfg.model_kind, device=device or cfg.device)
     sae = load_sae(cfg.sae, device=model.cfg.device)
     forget_q, retain_q = base_correct_questions(model, cfg, progress)
     return Setup(model, sae, load_texts(cfg.forget_corpus), load_texts(cfg.retain_corpus), forget_q, retain_q, cfg)
@@ -81,10 +83,13 @@ def accuracy(model: nn.Module, questions: Sequence[MCQ], protocol: str = "comple
 
 def lm_fine_tune(
     model: nn.Module, texts: Sequence[str], *, steps: int, lr: float, batch_size: int = 4,
-    max_len: int | None = None, seed: int = 0, after_step: Callable[[int, nn.Module, float], None] | None = None,
+    max_len: int | None = None, seed: int = 0, attached: Attachable | None = None,
+    after_step: Callable[[int, nn.Module, float | None], None] | None = None,
 ) -> nn.Module:
     """A deep copy of ``model`` fine-tuned on ``texts`` (next-token loss on real tokens, AdamW, all weights),
-    cycling through the texts in a seeded order; ``after_step(step, model, loss)`` is called after each step.
+    cycling through the texts in a seeded order. ``attached`` (a guardrail, a static clamp) stays attached to the
+    copy for the whole run: it is part of every training forward pass and of every ``after_step`` call.
+    ``after_step(step, model, loss)`` is called before the first step (step 0, loss None) and after each step.
     Texts are cut into windows of ``max_len`` tokens (None: min(128, n_ctx); more than n_ctx is an error)."""
     if steps < 0 or lr <= 0 or batch_size < 1:
         raise ValueError("fine-tuning needs steps >= 0, lr > 0 and batch_size >= 1")
@@ -93,21 +98,25 @@ def lm_fine_tune(
     sequences = to_sequences(tuned, list(texts), window)
     order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(seed)).tolist()
     optimizer = torch.optim.AdamW([p for p in tuned.parameters() if p.requires_grad], lr=lr)
-    for step in range(1, steps + 1):
-        start = ((step - 1) * batch_size) % len(order)
-        chosen = [sequences[order[(start + k) % len(order)]] for k in range(min(batch_size, len(order)))]
-        batch = next(iter(iter_batches(tuned, chosen, batch_size)))
-        logits = tuned(batch.tokens, return_type="logits")
-        targets = batch.tokens[:, 1:]
-        mask = batch.real[:, 1:]
-        log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets[..., None])[..., 0]
-        loss = -(log_probs * mask).sum() / mask.sum().clamp(min=1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    with attached.attached(tuned) if attached is not None else nullcontext():
         if after_step is not None:
             with torch.no_grad():
-                after_step(step, tuned, float(loss.detach()))
+                after_step(0, tuned, None)
+        for step in range(1, steps + 1):
+            start = ((step - 1) * batch_size) % len(order)
+            chosen = [sequences[order[(start + k) % len(order)]] for k in range(min(batch_size, len(order)))]
+            batch = next(iter(iter_batches(tuned, chosen, batch_size)))
+            logits = tuned(batch.tokens, return_type="logits")
+            targets = batch.tokens[:, 1:]
+            mask = batch.real[:, 1:] & batch.real[:, :-1]
+            log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, targets[..., None])[..., 0]
+            loss = -(log_probs * mask).sum() / mask.sum().clamp(min=1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if after_step is not None:
+                with torch.no_grad():
+                    after_step(step, tuned, float(loss.detach()))
     for param in tuned.parameters():
         param.grad = None
     return tuned

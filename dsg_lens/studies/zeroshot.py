@@ -1,16 +1,20 @@
-"""Zero-shot selection: no forget corpus, only a short topic description or a handful of example sentences.
+"""Zero-shot selection: no forget corpus, only a few seed words that name the topic.
 
-Latents are ranked by the DSG rule on statistics of the ``topic_texts`` against a generic retain set
-(:func:`zero_shot_features`); tau is not calibrated but taken from a grid (the DSG paper's zero-shot variant used
-0.1-0.9). For each tau: forget/retain accuracy with the guardrail attached and the gate's firing rates on the
-questions. ``best`` is the tau with the lowest forget accuracy among those keeping retain accuracy >= 99% of the
-base model's (the paper's selection rule; null if none does).
+Latents are chosen without forget-corpus statistics (:func:`zero_shot_features`): their activations on the seed
+words (top-activating tokens; the words as comma-separated lists in a few seeded orders, :func:`seed_texts`) are
+ranked against a generic retain set by the DSG rule (ratio filter at ``p_ratio``, top ``n`` by activation), and
+tau is not calibrated but taken from a grid (the DSG paper's zero-shot variant: features from descriptions, tau
+0.1-0.9). For each tau: forget/retain accuracy with the guardrail attached (questions scored once without it, then
+only those the guardrail clamps re-scored: :class:`~dsg_lens.eval.rescore.TouchedScorer`) and the gate's firing
+rates on the question contexts. ``best``: the lowest forget accuracy with retain accuracy >= ``min_retain``
+(:func:`~dsg_lens.baselines.best.best_point`; null if no tau keeps it).
 
 Schema (``zeroshot.json``)::
 
-    {"features": [ids], "base": {"forget_acc", "retain_acc"},
-     "rows": [{"tau", "forget_acc", "retain_acc", "tpr", "fpr"}], "best": row | null,
-     "params": {ZeroShotConfig fields, "n_topic_texts", "n_generic_texts"}}
+    {"features": [ids], "seed_words": [...], "base": {"forget_acc", "retain_acc", ...},
+     "rows": [{"tau", "forget_acc", "retain_acc", "forget_ci95", "retain_ci95", "forget_n", "retain_n",
+               "n_rescored", "tpr", "fpr"}], "best": row | null,
+     "params": {ZeroShotConfig fields, "gate", "n_seed_texts", "n_generic_texts"}}
 """
 
 from __future__ import annotations
@@ -20,49 +24,58 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from sae_lens import SAE
 from torch import nn
 from tqdm.auto import tqdm
 
+from dsg_lens.baselines.best import best_point
 from dsg_lens.data.loaders import MCQ
-from dsg_lens.eval.gate_stats import gate_firing
+from dsg_lens.eval.rescore import TouchedScorer
+from dsg_lens.gate import DEFAULT_GATE, Gate, make_gate
 from dsg_lens.guardrail import DynamicSAEGuardrail
-from dsg_lens.pipeline import paper_rule_gate, question_texts
+from dsg_lens.pipeline import question_texts
 from dsg_lens.selection import FeatureSet, select_features
 from dsg_lens.stats import collect_latent_stats
-from dsg_lens.studies.common import StudyConfig, accuracy, save_result
+from dsg_lens.studies.common import StudyConfig, save_result
 
-ANIMAL_TOPIC = (
-    "Animals: mammals, birds, fish, reptiles, amphibians, insects and other living creatures.",
-    "The wolf is a wild carnivorous mammal that hunts in packs.",
-    "Sparrows and finches are small songbirds with short beaks.",
-    "A salmon swims upstream to lay its eggs.",
-    "The frog is an amphibian that lives near ponds.",
-    "Beetles, ants and butterflies are insects with six legs.",
-    "The snake is a legless reptile covered in scales.",
-)
-"""A topic description and example sentences for the embedded benchmark's forget domain (noun.animal)."""
+ANIMAL_SEEDS = ("animal", "mammal", "bird", "fish", "insect", "reptile", "amphibian", "creature", "wildlife",
+                "beast")
+"""Seed words for the embedded benchmark's forget domain (noun.animal): category words, not question answers."""
 
 
-def zero_shot_features(model: nn.Module, sae: SAE, topic_texts: Sequence[str], generic_texts: Sequence[str], *,
-                       n: int = 20, p_ratio: float | int = 95.0, batch_size: int = 8) -> FeatureSet:
-    """Rank latents by the DSG rule on ``topic_texts`` vs ``generic_texts`` and keep the top ``n``."""
-    topic = collect_latent_stats(model, sae, list(topic_texts), batch_size=batch_size, progress=False)
+def seed_texts(words: Sequence[str], n_orders: int = 8, seed: int = 0) -> list[str]:
+    """The seed ``words`` as comma-separated lists, in ``n_orders`` seeded shuffles (so every word is read in
+    several contexts and none is only ever the first token)."""
+    if not words or any(not w.strip() for w in words):
+        raise ValueError("pass at least one non-empty seed word")
+    if n_orders < 1:
+        raise ValueError(f"n_orders={n_orders} must be >= 1")
+    gen = torch.Generator().manual_seed(seed)
+    return [", ".join(words[i] for i in torch.randperm(len(words), generator=gen).tolist()) for _ in range(n_orders)]
+
+
+def zero_shot_features(model: nn.Module, sae: SAE, seed_words: Sequence[str], generic_texts: Sequence[str], *,
+                       n: int = 20, p_ratio: float | int = 95.0, n_orders: int = 8, batch_size: int = 8) -> FeatureSet:
+    """Rank latents by the DSG rule on the seed words (:func:`seed_texts`) vs ``generic_texts``; keep the top
+    ``n``. No forget-corpus statistics are used."""
+    topic = collect_latent_stats(model, sae, seed_texts(seed_words, n_orders), batch_size=batch_size, progress=False)
     generic = collect_latent_stats(model, sae, list(generic_texts), batch_size=batch_size, progress=False)
     return select_features(topic, generic, n=n, p_ratio=p_ratio)
 
 
 @dataclass
 class ZeroShotConfig(StudyConfig):
-    """Settings of :func:`zeroshot_study`: the ``taus`` grid, the selection (``n``, ``p_ratio``), the ``clamp``,
-    the gate (the paper's rho, :func:`~dsg_lens.pipeline.paper_rule_gate`, deciding from ``min_tokens`` real tokens
-    on under completion scoring) and the evaluation (``protocol``, ``batch_size``)."""
+    """Settings of :func:`zeroshot_study`: the ``taus`` grid, the selection (``n``, ``p_ratio``, ``n_orders`` of
+    the seed words), the ``clamp``, the ``min_retain`` of ``best`` and the evaluation (``protocol``,
+    ``batch_size``). The gate (an object) is an argument."""
 
-    taus: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    taus: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
     n: int = 20
     p_ratio: float | int = 95.0
+    n_orders: int = 8
     clamp: float | int = 500.0
-    min_tokens: int = 8
+    min_retain: float = 0.95
     protocol: str = "completion"
     batch_size: int = 8
 
@@ -75,34 +88,37 @@ class ZeroShotConfig(StudyConfig):
 def zeroshot_study(
     model: nn.Module,
     sae: SAE,
-    topic_texts: Sequence[str],
+    seed_words: Sequence[str],
     generic_texts: Sequence[str],
     forget_questions: Sequence[MCQ],
     retain_questions: Sequence[MCQ],
     config: ZeroShotConfig | None = None,
     *,
+    gate: Gate | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Zero-shot guardrails over a tau grid (module docstring for the schema)."""
+    """Zero-shot guardrails over a tau grid (module docstring for the schema); ``gate``: the gate kind and its
+    settings (its tau is replaced by each grid value; default :data:`~dsg_lens.gate.DEFAULT_GATE`)."""
     cfg = config or ZeroShotConfig()
+    gate = gate or make_gate(DEFAULT_GATE)
     batch_size, protocol = cfg.batch_size, cfg.protocol
-    features = zero_shot_features(model, sae, topic_texts, generic_texts, n=cfg.n, p_ratio=cfg.p_ratio,
-                                  batch_size=batch_size)
-    base = {"forget_acc": accuracy(model, forget_questions, protocol, batch_size),
-            "retain_acc": accuracy(model, retain_questions, protocol, batch_size)}
-    f_texts = question_texts(list(forget_questions), protocol, model)
-    r_texts = question_texts(list(retain_questions), protocol, model)
+    features = zero_shot_features(model, sae, seed_words, generic_texts, n=cfg.n, p_ratio=cfg.p_ratio,
+                                  n_orders=cfg.n_orders, batch_size=batch_size)
+    scorer = TouchedScorer(model, {"forget": forget_questions, "retain": retain_questions}, protocol,
+                           batch_size=batch_size)
+    scan = scorer.scan(sae, features.ids)
+    contexts = {side: question_texts(list(qs), protocol, model)
+                for side, qs in (("forget", forget_questions), ("retain", retain_questions))}
     rows = []
     for tau in tqdm(sorted(cfg.taus), desc="zero-shot", disable=not progress):
-        guard = DynamicSAEGuardrail(sae, features, paper_rule_gate(protocol, cfg.min_tokens).with_tau(tau), clamp=cfg.clamp)
-        with guard.attached(model):
-            metrics = {"forget_acc": accuracy(model, forget_questions, protocol, batch_size),
-                       "retain_acc": accuracy(model, retain_questions, protocol, batch_size)}
-        firing = gate_firing(guard, model, f_texts, r_texts, batch_size=batch_size)
-        rows.append({"tau": tau, **metrics, "tpr": firing["tpr"], "fpr": firing["fpr"]})
-    kept = [r for r in rows if r["retain_acc"] >= 0.99 * base["retain_acc"]]
-    best = min(kept, key=lambda r: (r["forget_acc"], -r["retain_acc"])) if kept else None
-    result = {"features": features.ids, "base": base, "rows": rows, "best": best,
-              "params": {**cfg.to_dict(), "n_topic_texts": len(topic_texts), "n_generic_texts": len(generic_texts)}}
+        guard = DynamicSAEGuardrail(sae, features, gate.with_tau(tau), clamp=cfg.clamp)
+        touched = scorer.gated(scan, guard.gate, len(features))
+        rates = {rate: float(guard.is_forget(model, contexts[side], batch_size=batch_size).float().mean())
+                 for rate, side in (("tpr", "forget"), ("fpr", "retain"))}
+        rows.append({"tau": tau, **scorer.metrics(scorer.score(guard, touched)), "n_rescored": len(touched), **rates})
+    result = {"features": features.ids, "seed_words": list(seed_words), "base": scorer.metrics(), "rows": rows,
+              "best": best_point(rows, cfg.min_retain),
+              "params": {**cfg.to_dict(), "gate": gate.to_dict(), "n_seed_texts": cfg.n_orders,
+                         "n_generic_texts": len(generic_texts)}}
     return save_result(result, out_dir, "zeroshot")

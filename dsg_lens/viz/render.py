@@ -15,10 +15,15 @@ figure                       drawn from                                         
 ``dilution``                 JSON with ``filler_tokens`` + ``methods``             :func:`~.figures.curves`
 ``latent_ablation``          JSON with ``latents`` + ``effects``                   :func:`~.figures.ablation_bars`
 ``gate_shapes``              JSON whose ``rows`` have ``by_shape``                 :func:`~.figures.gate_shape_bars`
+``attacks``                  JSON with ``attacks`` + ``retain`` (attack study)     :func:`~.figures.attack_panels`
+``efficiency``               JSON whose ``rows`` have ``fraction``                 :func:`~.figures.efficiency_plot`
+``zeroshot``                 JSON with ``seed_words`` + ``rows``                   :func:`~.figures.zeroshot_plot`
 ==========================  ====================================================  ==============================
 
-A sweep is named by ``params["method"]`` (else by its folder; a ``sweep.json`` at the top is ``dsg``). When one
-kind of figure has several sources, each file is suffixed with its source (folder, or the sweep's name).
+A sweep (rows of forget/retain accuracy: DSG's ``sweep.json``, ``static_clamp_sweep.json``, ``rmu_grid.json``) is
+named by ``params["method"]`` (else by its folder; a ``sweep.json`` at the top is ``dsg``); efficiency and
+zero-shot rows are not sweeps. When one kind of figure has several sources, each file is suffixed with its source
+(folder, or the sweep's name).
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ from typing import Any
 from dsg_lens.viz.adapters import comparison_sweeps, dilution_curves, relearn_curves, sequential_curves
 from dsg_lens.viz.figures import (
     ablation_bars,
+    attack_panels,
     clamp_sweep,
+    efficiency_plot,
+    zeroshot_plot,
     gate_shape_bars,
     curves,
     latent_scatter,
@@ -58,16 +66,29 @@ def _sweep_name(data: dict[str, Any], rel: Path) -> str:
     return rel.parent.name
 
 
-def _is_sweep(data: dict[str, Any]) -> bool:
+def _rows_with(data: dict[str, Any], *keys: str) -> bool:
     rows = data.get("rows")
-    return isinstance(rows, list) and bool(rows) and all(
-        isinstance(r, dict) and "forget_acc" in r and "retain_acc" in r for r in rows
-    )
+    return isinstance(rows, list) and bool(rows) and all(isinstance(r, dict) and all(k in r for k in keys)
+                                                         for r in rows)
+
+
+def _is_efficiency(data: dict[str, Any]) -> bool:
+    return _rows_with(data, "fraction", "forget_acc", "retain_acc")
+
+
+def _is_zeroshot(data: dict[str, Any]) -> bool:
+    return "seed_words" in data and _rows_with(data, "tau", "forget_acc", "retain_acc")
+
+
+def _is_sweep(data: dict[str, Any]) -> bool:
+    return _rows_with(data, "forget_acc", "retain_acc") and not (_is_efficiency(data) or _is_zeroshot(data))
 
 
 def _jobs_for(data: dict[str, Any], rel: Path, sweeps: dict[str, dict[str, Any]]) -> list[Job]:
     jobs: list[Job] = []
     label = _slug(rel)
+    if isinstance(data.get("attacks"), dict) and isinstance(data.get("retain"), dict):
+        jobs.append(("attacks", label, partial(attack_panels, data)))
     gate = data.get("gate")
     if isinstance(gate, dict) and "scores_forget" in gate:
         jobs.append(("rho_hist", label, partial(rho_histogram, gate)))
@@ -87,6 +108,10 @@ def _jobs_for(data: dict[str, Any], rel: Path, sweeps: dict[str, dict[str, Any]]
         jobs.append(("gate_shapes", label, partial(gate_shape_bars, data)))
     if "latents" in data and "effects" in data:
         jobs.append(("latent_ablation", label, partial(ablation_bars, data)))
+    if _is_efficiency(data):
+        jobs.append(("efficiency", label, partial(efficiency_plot, data)))
+    if _is_zeroshot(data):
+        jobs.append(("zeroshot", label, partial(zeroshot_plot, data)))
     return jobs
 
 
@@ -116,7 +141,8 @@ def render_figures(results_dir: str | Path, figures_dir: str | Path) -> list[Pat
         if isinstance(data, dict):
             jobs.extend(_jobs_for(data, rel, sweeps))
     if sweeps:
-        jobs.append(("pareto", "all", partial(pareto_plot, sweeps)))
+        jobs.append(("pareto", "all", partial(pareto_plot, sweeps, title="forget vs retain accuracy of every swept "
+                                                                         "configuration, per method")))
     if not jobs:
         raise ValueError(f"no results in {results} that a figure is drawn from (see dsg_lens.viz.render)")
     counts = Counter(kind for kind, _, _ in jobs)
