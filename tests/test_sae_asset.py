@@ -55,7 +55,9 @@ def test_recorded_quality_is_sane(quality):
     assert heldout["explained_variance_all_tokens"] <= 1.0
     assert 0.0 < heldout["ce_loss_recovered"] <= 1.0
     assert 0.0 <= heldout["dead_fraction"] < 0.5
-    assert 0.0 < heldout["firing_frequency_median"] <= heldout["firing_frequency_max"] < 0.5
+    assert 0.0 < heldout["firing_frequency_median"] < 0.05  # sparse: most latents rarely fire
+    # (BatchTopK SAEs keep a few dense latents: the shipped one has 8 firing on > 50% of tokens, one on all)
+    assert heldout["firing_frequency_median"] <= heldout["firing_frequency_max"] <= 1.0
     assert heldout["l0"] > 1.0
 
 
