@@ -233,6 +233,19 @@ def test_seed_texts_are_seeded_shuffles_of_the_words():
         seed_texts([])
 
 
+def test_generic_word_lists_match_the_seed_format_without_the_seed_words():
+    from dsg_lens.studies.zeroshot import generic_word_lists
+
+    lists = generic_word_lists(["The cat sat; a dog (w1) ran.", "w2 w3, x w4!"], ["Cat"], 3, 4)
+    assert len(lists) == 4 and lists == generic_word_lists(["The cat sat; a dog (w1) ran.", "w2 w3, x w4!"],
+                                                           ["Cat"], 3, 4)
+    words = {w for text in lists for w in text.split(", ")}
+    assert all(len(text.split(", ")) == 3 for text in lists)
+    assert words <= {"the", "sat", "dog", "w1", "ran", "w2", "w3", "w4"}  # no seed word, no 1-letter word
+    with pytest.raises(ValueError, match="fewer"):
+        generic_word_lists(["a b"], [], 3, 1)
+
+
 def test_zeroshot_finds_the_planted_latent_from_seed_words_and_scans_tau(planted):
     model, sae = planted
     fq, rq = word_mcqs(81, 6, True), word_mcqs(82, 6, False)
@@ -299,7 +312,9 @@ def test_runners_pass_the_setup_settings_to_the_studies(planted, tmp_path):
                           best_from=tmp_path, min_retain=0.0, progress=False)
     assert relearn["params"]["eval_batch_size"] == 4 and relearn["params"]["max_len"] == 64  # min(128, n_ctx)
     assert relearn["arms"] == ["base", "static_clamp", "dsg"]
-    assert relearn["params"]["static"] == {"n": 1, "retain_threshold": 0.0, "multiplier": 20.0}  # the best point
+    assert relearn["params"]["settings"]["static_clamp"] == {"n": 1, "retain_threshold": 0.0, "multiplier": 20.0}
+    assert relearn["params"]["points"]["static_clamp"]["row"]["multiplier"] == 20.0  # the best point of the sweep
+    assert set(relearn["params"]["settings"]) == {"static_clamp", "dsg"}
     assert {p.name for p in tmp_path.iterdir() if p.is_file()} == {"efficiency.json", "zeroshot.json",
                                                                    "relearn.json", "static_clamp_sweep.json"}
 

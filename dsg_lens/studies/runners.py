@@ -187,8 +187,11 @@ def run_relearn(setup: Setup, out_dir: str | Path, config: RelearnConfig | None 
     result = relearn_study(setup.model, setup.forget_texts, setup.forget_questions, config, attached=attached,
                            unlearned=unlearned, retain_questions=setup.retain_questions if with_retain else None,
                            out_dir=None, progress=progress)
-    result["params"].update(rmu=asdict(rmu_cfg), static=asdict(best.static), points=best.points,
-                            dsg={k: getattr(best.dsg, k) for k in ("n", "p_ratio", "p_dyn", "clamp", "gate")})
+    settings = {"rmu": asdict(rmu_cfg), "static_clamp": asdict(best.static),
+                "dsg": {k: getattr(best.dsg, k) for k in ("n", "p_ratio", "p_dyn", "clamp", "gate")}}
+    sweep_of = {"rmu": "rmu", "static_clamp": "static_clamp", "dsg": "dsg_window"}
+    result["params"].update(settings={arm: settings[arm] for arm in arms},
+                            points={arm: best.points[sweep_of[arm]] for arm in arms if sweep_of[arm] in best.points})
     return save_result(result, out_dir, "relearn")
 
 

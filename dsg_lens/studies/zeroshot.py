@@ -2,7 +2,9 @@
 
 Latents are chosen without forget-corpus statistics (:func:`zero_shot_features`): their activations on the seed
 words (top-activating tokens; the words as comma-separated lists in a few seeded orders, :func:`seed_texts`) are
-ranked against a generic retain set by the DSG rule (ratio filter at ``p_ratio``, top ``n`` by activation), and
+ranked by the DSG rule (ratio filter at ``p_ratio``, top ``n`` by activation) against lists of the same format
+made of generic words (:func:`generic_word_lists`, drawn from retain text: comparing short word lists with long
+paragraphs would pick latents of short inputs, which fire on every question), and
 tau is not calibrated but taken from a grid (the DSG paper's zero-shot variant: features from descriptions, tau
 0.1-0.9). For each tau: forget/retain accuracy with the guardrail attached (questions scored once without it, then
 only those the guardrail clamps re-scored: :class:`~dsg_lens.eval.rescore.TouchedScorer`) and the gate's firing
@@ -14,7 +16,7 @@ Schema (``zeroshot.json``)::
     {"features": [ids], "seed_words": [...], "base": {"forget_acc", "retain_acc", ...},
      "rows": [{"tau", "forget_acc", "retain_acc", "forget_ci95", "retain_ci95", "forget_n", "retain_n",
                "n_rescored", "tpr", "fpr"}], "best": row | null,
-     "params": {ZeroShotConfig fields, "gate", "n_seed_texts", "n_generic_texts"}}
+     "params": {ZeroShotConfig fields, "gate", "n_seed_texts", "n_generic_texts" (the texts words are drawn from)}}
 """
 
 from __future__ import annotations
@@ -55,12 +57,32 @@ def seed_texts(words: Sequence[str], n_orders: int = 8, seed: int = 0) -> list[s
     return [", ".join(words[i] for i in torch.randperm(len(words), generator=gen).tolist()) for _ in range(n_orders)]
 
 
+def generic_word_lists(texts: Sequence[str], exclude: Sequence[str], n_words: int, n_lists: int,
+                       seed: int = 0) -> list[str]:
+    """Comma-separated lists of ``n_words`` words drawn (seeded) from ``texts`` (words: whitespace-split,
+    punctuation stripped, at least two characters with a letter, none of ``exclude``): the seed words' format
+    with generic words, so the comparison picks latents of the words, not of the list format or of short inputs."""
+    skip = {w.lower() for w in exclude}
+    words = sorted({w for text in texts for raw in text.split() if len(w := raw.strip(_PUNCTUATION).lower()) >= 2
+                    and any(c.isalpha() for c in w) and w not in skip})
+    if len(words) < n_words:
+        raise ValueError(f"the generic texts hold {len(words)} distinct words, fewer than the {n_words} a list needs")
+    gen = torch.Generator().manual_seed(seed)
+    return [", ".join(words[i] for i in torch.randperm(len(words), generator=gen)[:n_words].tolist())
+            for _ in range(n_lists)]
+
+
+_PUNCTUATION = ".,;:!?()[]{}\"'`"
+
+
 def zero_shot_features(model: nn.Module, sae: SAE, seed_words: Sequence[str], generic_texts: Sequence[str], *,
                        n: int = 20, p_ratio: float | int = 95.0, n_orders: int = 8, batch_size: int = 8) -> FeatureSet:
-    """Rank latents by the DSG rule on the seed words (:func:`seed_texts`) vs ``generic_texts``; keep the top
-    ``n``. No forget-corpus statistics are used."""
+    """Rank latents by the DSG rule on the seed words (:func:`seed_texts`) against lists of the same length of
+    words from ``generic_texts`` (:func:`generic_word_lists`, four times as many lists); keep the top ``n``. No
+    forget-corpus statistics are used."""
     topic = collect_latent_stats(model, sae, seed_texts(seed_words, n_orders), batch_size=batch_size, progress=False)
-    generic = collect_latent_stats(model, sae, list(generic_texts), batch_size=batch_size, progress=False)
+    lists = generic_word_lists(generic_texts, seed_words, len(seed_words), 4 * n_orders)
+    generic = collect_latent_stats(model, sae, lists, batch_size=batch_size, progress=False)
     return select_features(topic, generic, n=n, p_ratio=p_ratio)
 
 
