@@ -13,6 +13,14 @@
 # that). RMU does not depend on the SAE: its grid (figures/results/rmu/rmu_grid.json, tuned once, see the README)
 # is kept when present; the `rmu` step only extends it with configurations not yet measured.
 #
+# Runtime (an estimate, not measured end to end: per-step timings taken with one thread on a shared 2-core machine,
+# scaled to OMP_NUM_THREADS=2 on an idle one): demo ~7 min, sweep ~5, static_clamp ~5, rmu 0 (grid kept),
+# compare ~11, relearn ~10, sequential ~5, efficiency ~7, zeroshot ~3, latent_ablation ~3, figures ~1: about
+# 55-60 min without attacks (whose size its own issue sets). Drop steps already run with STEPS="...".
+#
+# Caveat: --max-questions K keeps the FIRST K base-correct questions of each side; the retain file is ordered by
+# domain, so K=100 retain questions are all noun.artifact (K=300: artifact, body, food).
+#
 # Environment: RESULTS (default figures/results), FIGURES (default figures), STEPS (default: every step below, in
 # this order), QUESTIONS, COMPARE_QUESTIONS, TOPIC_QUESTIONS, OMP_NUM_THREADS (default 2), DSG (default dsg-lens).
 # A step that fails stops the script (set -e): the results of the steps before it stay.

@@ -12,8 +12,8 @@ Schema (``rmu_grid.json``; the rows double as a sweep for the Pareto figure)::
      "pareto": [rows], "best": row | null, "params": {"method": "rmu", "min_retain", "protocol", ...}}
 
 ``best``: the lowest forget accuracy among rows with retain accuracy >= ``min_retain`` (ties: higher retain).
-With ``resume=True`` the rows already in ``out_dir/rmu_grid.json`` (same questions) are kept and their
-configurations skipped; the file is rewritten after every run, so an interrupted grid keeps what it measured.
+With ``resume=True`` the rows already in ``out_dir/rmu_grid.json`` (same questions) are kept, with any notes in
+its params, and their configurations skipped; the file is rewritten after every run, so an interrupted grid keeps what it measured.
 """
 
 from __future__ import annotations
@@ -73,17 +73,18 @@ def rmu_grid(
     questions = {"forget": fingerprint(fq), "retain": fingerprint(rq)}
     rows: list[dict[str, Any]] = []
     base: dict[str, Any] | None = None
+    kept_params: dict[str, Any] = {}
     path = Path(out_dir) / "rmu_grid.json" if out_dir is not None else None
     if resume and path is not None and path.is_file():
         previous = json.loads(path.read_text())
         if previous.get("params", {}).get("questions") != questions:
             raise ValueError(f"{path} was measured on other questions: pass resume=False or another out_dir")
-        rows, base = previous["rows"], previous["base"]
+        rows, base, kept_params = previous["rows"], previous["base"], previous["params"]
     if base is None:
         base = evaluate_questions(model, fq, rq, protocol, batch_size, False)
     fields = [f.name for f in dataclass_fields(RMUConfig)]
     done = {_config_key({k: r[k] for k in fields}) for r in rows}
-    params = {"method": "rmu", "min_retain": min_retain, "protocol": protocol, "questions": questions,
+    params = {**kept_params, "method": "rmu", "min_retain": min_retain, "protocol": protocol, "questions": questions,
               "n_forget_questions": len(fq), "n_retain_questions": len(rq), "device": str(model.cfg.device),
               "dtype": str(model.cfg.dtype)}
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from dsg_lens.selection import FeatureSet
-from dsg_lens.viz.style import color, figure_paths, styled_figure
+from dsg_lens.viz.style import ALIASES, COLORS, color, figure_paths, styled_figure
 
 CURVE_AXES = {
     "steps": "fine-tuning steps on forget data (relearning)",
@@ -59,12 +59,25 @@ def _pretty(name: str) -> str:
 
 
 LABELS = {"dsg": "DSG", "dsg_window": "DSG (window gate)", "dsg_paper": "DSG (paper gate)",
-          "static_clamp": "static clamping", "static": "static clamping", "rmu": "RMU", "base": "no unlearning"}
+          "static_clamp": "static clamping", "static": "static clamping", "rmu": "RMU", "base": "no unlearning",
+          "rmu_best_300q": "RMU's best point on 300+300 questions"}
 """How a method's name is written in legends."""
 
 
 def _label(name: str) -> str:
-    return LABELS.get(name, name)
+    """A series' legend label: ``LABELS`` of its method, keeping a qualifier such as " (compare)"."""
+    method, sep, rest = name.partition(" (")
+    return f"{LABELS.get(method, method)}{sep}{rest}"
+
+
+def _color(name: str) -> str:
+    """A series' colour: its method's, so "rmu (compare)" and "rmu_best_300q" are drawn in RMU's colour and
+    "dsg_window" in the window gate's."""
+    method = name.partition(" (")[0].strip().lower()
+    for key in (method, method.replace("_", "-"), method.split("_")[0]):
+        if key in COLORS or key in ALIASES:
+            return color(key)
+    return color(method)
 
 
 def _legend_below(fig: Any, axes: Sequence[Any], ncols: int = 3) -> None:
@@ -173,13 +186,13 @@ def pareto_plot(methods: Mapping[str, Mapping[str, Any]], stem: str | Path, titl
             _need(sweep, ("rows",), f"sweep of {name}")
             rows, marker = sweep["rows"], _MARKERS[i % len(_MARKERS)]
             if len(rows) == 1:
-                ax.scatter([rows[0]["forget_acc"]], [rows[0]["retain_acc"]], s=45, marker=marker, color=color(name),
+                ax.scatter([rows[0]["forget_acc"]], [rows[0]["retain_acc"]], s=45, marker=marker, color=_color(name),
                            edgecolors="black", linewidths=0.5, zorder=4, label=_label(name))
             else:
                 ax.scatter([r["forget_acc"] for r in rows], [r["retain_acc"] for r in rows], s=10, alpha=0.35,
-                           color=color(name), linewidths=0, marker=marker)
+                           color=_color(name), linewidths=0, marker=marker)
                 front = sorted(pareto_front(rows), key=lambda r: r["forget_acc"])
-                ax.plot([r["forget_acc"] for r in front], [r["retain_acc"] for r in front], color=color(name),
+                ax.plot([r["forget_acc"] for r in front], [r["retain_acc"] for r in front], color=_color(name),
                         marker=marker, label=f"{_label(name)}: front of {len(rows)} configs")
             base = base or sweep.get("base")
         if base:
@@ -252,7 +265,7 @@ def curves(data: Mapping[str, Any], stem: str | Path) -> list[Path]:
                 values = series[metric]
                 if len(values) != len(x):
                     raise ValueError(f"{name}.{metric} has {len(values)} values for {len(x)} {x_key}")
-                ax.plot(positions, values, color=colors.get(name) or color(name), marker=_MARKERS[i % len(_MARKERS)],
+                ax.plot(positions, values, color=colors.get(name) or _color(name), marker=_MARKERS[i % len(_MARKERS)],
                         linestyle=_LINESTYLES[i % len(_LINESTYLES)], label=_label(name))
             if categorical:
                 ax.set_xticks(positions, x, rotation=20)
