@@ -49,9 +49,12 @@ def test_every_rank_returns_what_one_process_returns(two_ranks, one_process):
     expected, expected_tensors = one_process
     for rank, (results, tensors) in enumerate(ranks):
         assert results["rank"] == rank
-        for key in ("features", "tau", "resid_norm", "scan_mean_resid_norm", "n_tokens", "base", "guarded",
-                    "base_acc", "guarded_acc"):
-            assert results[key] == expected[key], (rank, key)  # selected ids, tau, scores: identical
+        for key in ("features", "tau", "n_tokens", "base_acc", "guarded_acc"):
+            assert results[key] == expected[key], (rank, key)  # selected ids, tau, accuracies: identical
+        # float sums and scores: equal up to the summation order of a different thread count / batch split
+        for key in ("resid_norm", "scan_mean_resid_norm", "base", "guarded"):
+            torch.testing.assert_close(torch.tensor(results[key]), torch.tensor(expected[key]), rtol=1e-5,
+                                       atol=1e-5, msg=(rank, key))
         assert set(tensors) == set(expected_tensors)
         for name, value in expected_tensors.items():
             if name.startswith(("first_rank", "real", "full")):
