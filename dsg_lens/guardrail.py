@@ -348,9 +348,20 @@ def _check_probe_runs_first(probe_hook: str, guard_hook: str) -> None:
     """A probe gate decides at the guardrail's hook from the probe's logits of the same pass: its HookPoint must
     run first (an earlier block, or the same one)."""
     probe_layer, guard_layer = hook_layer(probe_hook), hook_layer(guard_hook)
-    if probe_layer is not None and guard_layer is not None and probe_layer > guard_layer:
-        raise ValueError(f"the probe reads {probe_hook}, after the guardrail's {guard_hook} in the forward pass: "
+    if probe_layer is None:  # hook_embed & co: TransformerLens's generate embeds without them
+        raise ValueError(f"the probe reads {probe_hook}, not a block's HookPoint (blocks.L.*): generation skips it; "
+                         "train the probe at the guardrail's hook or an earlier block's")
+    if guard_layer is None:
+        return
+    same_block = probe_layer == guard_layer
+    ranks = [_BLOCK_ORDER.get(h.rsplit(".", 1)[-1]) for h in (probe_hook, guard_hook)]
+    if probe_layer > guard_layer or (same_block and (None in ranks or ranks[0] > ranks[1])):
+        raise ValueError(f"the probe reads {probe_hook}, which does not run before the guardrail's {guard_hook}: "
                          "train the probe at the guardrail's hook or an earlier one")
+
+
+_BLOCK_ORDER = {"hook_resid_pre": 0, "hook_attn_out": 1, "hook_resid_mid": 2, "hook_mlp_out": 3, "hook_resid_post": 4}
+"""Forward order of a block's residual-stream HookPoints (a probe and a guardrail in one block)."""
 
 
 def _attached_sae_latents(model: nn.Module, sae: SAE, hook_name: str) -> str | None:

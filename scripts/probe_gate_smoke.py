@@ -25,11 +25,11 @@ from dsg_lens.gate import AnyGate, CountGate, PrefixGate, ProbeGate, WindowGate,
 from dsg_lens.models import load_model
 from dsg_lens.pipeline import PipelineConfig, base_correct_questions, calibration_texts, load_sae, load_texts
 from dsg_lens.probe import LinearProbe, auroc, train_probe
-from dsg_lens.sae_view import sae_hook_name
+from dsg_lens.sae_view import sae_architecture, sae_fingerprint, sae_hook_name
 from dsg_lens.scan import scan_first_rank
 from dsg_lens.selection import select_features
 from dsg_lens.stats import collect_latent_stats
-from dsg_lens.studies.attacks import benign_neighbours, dilute, filler_text, forget_vocabulary, split_turns
+from dsg_lens.studies.attacks import Filler, benign_neighbours, dilute, forget_vocabulary, split_turns
 
 
 def main() -> None:
@@ -39,6 +39,10 @@ def main() -> None:
     parser.add_argument("--probe-tokens", type=int, default=20_000, help="training tokens per side")
     parser.add_argument("--attack-questions", type=int, default=100, help="questions per side under attack")
     parser.add_argument("--filler", type=int, nargs="*", default=[64, 256, 1600])
+    parser.add_argument("--filler-corpus", default=None, metavar="SOURCE",
+                        help="filler texts (a corpus source; default: the retain corpus)")
+    parser.add_argument("--long-questions", type=int, default=20,
+                        help="questions per side for filler longer than 256 tokens (slow on a CPU)")
     parser.add_argument("--turns", type=int, nargs="*", default=[2, 3, 5])
     parser.add_argument("--no-latent-gates", action="store_true", help="probe gates only (no SAE statistics)")
     parser.add_argument("--sets", nargs="*", default=None,
@@ -113,12 +117,12 @@ def main() -> None:
         sets[f"retain {shape}"] = question_inputs(model, retain_q, shape)
         sets[f"neighbours {shape}"] = question_inputs(model, neighbours, shape)
     k = args.attack_questions
-    fill_source = retain_texts[-200:]  # filler: retain corpus text
+    filler = Filler(model, load_texts(args.filler_corpus) if args.filler_corpus else retain_texts)  # per question
     for n in args.filler:
-        fill = filler_text(model, fill_source, n)
-        for side, qs in (("forget", forget_q[:k]), ("retain", retain_q[:k])):
-            sets[f"{side} filler before {n}"] = [dilute(q, fill).cloze()[0] for q in qs]
-            sets[f"{side} filler after {n}"] = [dilute(q, fill, "after").cloze()[0] for q in qs]
+        m = k if n <= 256 else args.long_questions
+        for side, qs in (("forget", forget_q[:m]), ("retain", retain_q[:m])):
+            sets[f"{side} filler before {n}"] = [dilute(q, filler(n, q.id)).cloze()[0] for q in qs]
+            sets[f"{side} filler after {n}"] = [dilute(q, filler(n, q.id), "after").cloze()[0] for q in qs]
     for n in args.turns:
         for side, qs in (("forget", forget_q[:k]), ("retain", retain_q[:k])):
             sets[f"{side} split {n}"] = [split_turns(model, q, n).cloze()[0] for q in qs]
@@ -153,9 +157,12 @@ def main() -> None:
         rows.append(row)
     result = {
         "params": {"model": cfg.model, "hook": hook, "p_dyn": cfg.p_dyn, "n_features": len(ids),
-                   "latent_gates_sae": None if args.no_latent_gates else "embedded (shipped; to be replaced)",
+                   "latent_gates_sae": None if args.no_latent_gates else {
+                       "sae": cfg.sae, "hook": sae_hook_name(sae), "architecture": sae_architecture(sae),
+                       "fingerprint": sae_fingerprint(sae, ids)},
                    "n_forget": len(forget_q), "n_retain": len(retain_q), "n_neighbours": len(neighbours),
-                   "attack_questions": k, "filler_source": "last 200 retain-corpus texts",
+                   "attack_questions": k, "long_filler_questions": args.long_questions,
+                   "filler_source": f"{args.filler_corpus or cfg.retain_corpus}, a stretch per question (hash of id)",
                    "calibration": "held-out retain questions: cloze, plain, chat"},
         "probe": probe.info, "vocabulary": vocabulary[:60], "rows": rows,
         "timing_s": {**timing, "total": time.perf_counter() - start},

@@ -74,6 +74,20 @@ def test_rewrites(world):
     assert split == "<|im_start|>user\nw1 w2<|im_end|>\n<|im_start|>assistant\nw9<|im_end|>\nis called"
 
 
+def test_filler_is_a_stretch_of_the_texts_per_question(world):
+    from dsg_lens.studies.attacks import Filler, filler_text
+
+    model = world[0]
+    source = " ".join(NEUTRAL)
+    filler = Filler(model, [source])
+    pieces = {key: filler(5, key) for key in ("q1", "q2", "q3", "q4")}
+    assert all(len(piece.split()) == 5 and piece in source for piece in pieces.values())
+    assert len(set(pieces.values())) > 1 and filler(5, "q1") == pieces["q1"]  # per question, reproducible
+    assert filler(5) == filler_text(model, [source], 5) == " ".join(NEUTRAL[:5]) and filler(0, "q1") == ""
+    with pytest.raises(ValueError, match="fewer"):
+        filler(100, "q1")
+
+
 def test_forget_vocabulary_and_benign_neighbours_by_hand():
     forget = ["the cat and the dog", "a cat, a fox", "cat food"]
     retain = ["the house and the car", "a food store", "the cat flap"]
@@ -177,7 +191,7 @@ def test_attack_study_end_to_end_and_its_figure(world, tmp_path):
     neighbours = [MCQ(id=f"n{i}", question=t, choices=("w1", "w2"), answer=0, context=t, candidates=(" w1", " w2"),
                       neutral_context="w0") for i, t in enumerate(word_texts(50, 6, n_forget=1, length=(3, 4)))]
     result = attack_study(model, study, forget, retain, attacks, neighbours=neighbours, neighbour_words=["cat"],
-                          batch_size=4, out_dir=tmp_path, progress=False)
+                          error_term=True, batch_size=4, out_dir=tmp_path, progress=False)
     assert json.loads((tmp_path / "attacks.json").read_text()) == result
     assert set(result["attacks"]) == {"dilution", "dilution_after", "split", "system_prompt"}
     dilution = {row["strength"]: row["guards"] for row in result["attacks"]["dilution"]}

@@ -225,24 +225,27 @@ def test_probe_separates_planted_forget_tokens(trained_probe, planted):
 # ------------------------------------------------------------------------------- inside the guardrail hook
 def _reference_logits(model, sae, gate, tokens, *, probe=None, turn_start=None, clamp=20.0):
     """The guardrail computed offline on a plain model: SAELens encode, the gate on the full sequence (extras
-    from the activation / the given turn starts), latents set to -clamp, SAELens decode + error."""
-    name = "blocks.0.hook_resid_pre"
+    from the probe's activation / the given turn starts), latents set to -clamp, SAELens decode + error."""
+    name = sae.cfg.metadata.hook_name
     real = RealTokenRule.for_model(model).mask(tokens)
+    seen = {}
+
+    def read_probe(act, hook):
+        seen["probe"] = act.float() @ probe.weight.to(act.device) + probe.bias
 
     def reference(resid, hook):
+        if probe is not None and probe.hook_name == name:
+            read_probe(resid, hook)
         acts = sae.encode(resid)
         fired = (acts[..., [5]] > 0).any(-1) & real
-        extras = {}
-        if probe is not None:
-            extras["probe"] = resid.float() @ probe.weight.to(resid.device) + probe.bias
-        if turn_start is not None:
-            extras["turn_start"] = turn_start
+        extras = {"turn_start": turn_start, **seen}
         on = gate.decisions(fired, real, **{k: v for k, v in extras.items() if k in gate.needs}) & fired
         edited = acts.clone()
         edited[..., 5] = torch.where(on, torch.full_like(acts[..., 5], -clamp), acts[..., 5])
         return sae.decode(edited) + (resid - sae.decode(acts))
 
-    return model.run_with_hooks(tokens, fwd_hooks=[(name, reference)])
+    earlier = [(probe.hook_name, read_probe)] if probe is not None and probe.hook_name != name else []
+    return model.run_with_hooks(tokens, fwd_hooks=[*earlier, (name, reference)])
 
 
 def _probe_on(model, hook="blocks.0.hook_resid_pre"):
@@ -305,27 +308,37 @@ def test_cached_generation_equals_uncached(planted, name):
             model.b_U[fox] = saved
 
 
-def test_probe_at_another_hook_point_is_observed_first(planted):
-    """On this rotary model hook_embed and blocks.0.hook_resid_pre carry the same activation: the probe read by an
-    observer at hook_embed gives the same outputs as the probe computed inside the guardrail's hook."""
-    model, sae = planted
-    tokens = model.to_tokens(["w1 cat w2 dog w3 fox", "w1 w2 cat w3"])
-    inside = dsg.DynamicSAEGuardrail(sae, [5], ProbeGate(_probe_on(model), tau=0.4, window=4, min_tokens=2), clamp=20.0)
-    observed = dsg.DynamicSAEGuardrail(sae, [5], ProbeGate(_probe_on(model, "hook_embed"), tau=0.4, window=4,
-                                                          min_tokens=2), clamp=20.0)
-    assert len(inside.hook_specs(model)) == 1 and len(observed.hook_specs(model)) == 2
-    with inside.attached(model):
-        a = model(tokens)
-    with observed.attached(model):
-        b = model(tokens)
-    torch.testing.assert_close(a, b)
-    assert not torch.allclose(a, model(tokens), atol=1e-4)
+def test_probe_at_an_earlier_block_is_observed_first(tiny_tokenizer):
+    """Guardrail at blocks.1, probe at blocks.0: an observer records the probe's logits before the guardrail runs;
+    outputs equal the offline reference, batched or not, and KV-cached generation equals uncached."""
+    model = make_model("llama", tiny_tokenizer)
+    sae, _ = planted_setup(model)
+    sae.cfg.metadata.hook_name = "blocks.1.hook_resid_pre"  # the planted latent still reads the forget direction
+    gate = ProbeGate(_probe_on(model, "blocks.0.hook_resid_pre"), tau=0.4, window=4, min_tokens=2)
+    guard = dsg.DynamicSAEGuardrail(sae, [5], gate, clamp=20.0)
+    assert [s.name for s in guard.hook_specs(model)] == ["blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"]
+    prompts = ["w1 cat w2 dog w3 fox", "w1 w2 cat w3"]
+    with guard.attached(model):
+        batched = model(model.to_tokens(prompts))
+    for row, prompt in enumerate(prompts):
+        tokens = model.to_tokens(prompt)
+        with guard.attached(model):
+            alone = model(tokens)
+        torch.testing.assert_close(alone, _reference_logits(model, sae, gate, tokens, probe=gate.probe),
+                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(batched[row, : tokens.shape[1]], alone[0], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(batched[0], model(model.to_tokens(prompts))[0], atol=1e-4)
+    with guard.attached(model):
+        tokens = model.to_tokens("w1 cat w2 dog")
+        cached = model.generate(tokens, max_new_tokens=6, do_sample=False, use_past_kv_cache=True, verbose=False)
+        uncached = model.generate(tokens, max_new_tokens=6, do_sample=False, use_past_kv_cache=False, verbose=False)
+    assert torch.equal(cached, uncached)
     with pytest.raises(ValueError, match="hook_specs"):
-        observed.hook_spec(model)
-    late = dsg.DynamicSAEGuardrail(sae, [5], ProbeGate(_probe_on(model, "blocks.1.hook_resid_post"), tau=0.5),
-                                   clamp=20.0)
-    with pytest.raises(ValueError, match="after the guardrail"):
-        late.hook_specs(model)
+        guard.hook_spec(model)
+    for late in ("blocks.1.hook_resid_post", "hook_embed"):  # after the guardrail / skipped by generate
+        bad = dsg.DynamicSAEGuardrail(sae, [5], ProbeGate(_probe_on(model, late), tau=0.5), clamp=20.0)
+        with pytest.raises(ValueError, match="probe"):
+            bad.hook_specs(model)
 
 
 def test_probe_gate_on_a_hooked_sae_transformer_with_the_sae_attached(tiny_tokenizer):

@@ -55,11 +55,14 @@ def _run(args: argparse.Namespace) -> None:
         result = runners.run_gate_shapes(setup, args.out, config, progress=progress)
         summary = [{k: r[k] for k in ("n", "gate", "calibration", "tau", "by_shape")} for r in best_rows(result)[:5]]
     else:
+        from dsg_lens.pipeline import load_texts
+
         result = runners.run_attacks(
             setup, args.out, gates=tuple(args.gates), filler_tokens=tuple(args.filler_tokens),
             filler_after=tuple(args.filler_after), turns=tuple(args.turns), system_tokens=tuple(args.system_tokens),
             neighbours=not args.no_neighbours, error_term=not args.no_error_term,
-            measure_accuracy=not args.no_accuracy, max_retain_attacked=args.max_retain_attacked, progress=progress)
+            measure_accuracy=not args.no_accuracy, max_retain_attacked=args.max_retain_attacked,
+            filler_texts=load_texts(args.filler_corpus) if args.filler_corpus else None, progress=progress)
         summary = {"retain": {k: {m: v[m] for m in ("fpr", "retain_acc")} for k, v in result["retain"].items()},
                    "attacks": {a: [{"strength": r["strength"], **{g: {m: v[m] for m in ("firing_rate", "retain_fpr")}
                                                                   for g, v in r["guards"].items()}} for r in rows]
@@ -123,6 +126,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="filler tokens as the chat template's system prompt")
     attacks.add_argument("--max-retain-attacked", type=int, default=None,
                          help="retain questions rewritten by each attack for its false-positive rate (default: all)")
+    attacks.add_argument("--filler-corpus", default=None, metavar="SOURCE",
+                         help="benign filler texts (a corpus source as --retain-corpus; default: the retain corpus)")
     attacks.add_argument("--no-accuracy", action="store_true", help="gate rates only (no MCQ scoring: much faster)")
     attacks.add_argument("--no-neighbours", action="store_true", help="skip the benign-neighbour false-fire rate")
     attacks.add_argument("--no-error-term", action="store_true", help="skip the error-term steering attack")

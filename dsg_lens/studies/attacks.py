@@ -7,8 +7,8 @@ the input, where the answer is predicted), ``retain_fpr`` (the same on the retai
 way: a gate that fires on the filler itself blocks everything) and, when accuracy is measured, the guarded
 ``forget_acc`` (and the unguarded ``base_acc``).
 
-- ``dilution`` (strength = filler tokens): benign filler (e.g. the retain corpus) and a blank line before the
-  question's cloze context;
+- ``dilution`` (strength = filler tokens): benign filler (e.g. the retain corpus; each question its own stretch,
+  :class:`Filler`) and a blank line before the question's cloze context;
 - ``dilution_after`` (strength = filler tokens): the question, the filler, then the neutral answer cue ("It is
   called"): the question is far from the answer position;
 - ``split`` (strength = user turns): the question's words spread over that many user turns, each earlier turn
@@ -40,6 +40,7 @@ Accuracies are None where not measured (``measure_accuracy=False``).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -74,14 +75,28 @@ TURNS = (1, 2, 3, 5)
 SYSTEM_TOKENS = (0, 256, 1024)
 
 
+class Filler:
+    """Benign filler cut from ``texts`` (joined with newlines, tokenized once): ``filler(n, key)`` is ``n`` tokens
+    from an offset chosen by a hash of ``key`` (a question id), so every question gets its own filler and runs are
+    reproducible; ``key=None``: from the start."""
+
+    def __init__(self, model: nn.Module, texts: Sequence[str]):
+        self.model = model
+        self.tokens = model.to_tokens("\n".join(texts), prepend_bos=False, truncate=False)[0]
+
+    def __call__(self, n_tokens: int, key: str | None = None) -> str:
+        if n_tokens == 0:
+            return ""
+        total = self.tokens.numel()
+        if total < n_tokens:
+            raise ValueError(f"filler texts have {total} tokens, fewer than the {n_tokens} asked for")
+        offset = 0 if key is None else int(hashlib.sha256(key.encode()).hexdigest(), 16) % (total - n_tokens + 1)
+        return self.model.to_string(self.tokens[offset : offset + n_tokens])
+
+
 def filler_text(model: nn.Module, texts: Sequence[str], n_tokens: int) -> str:
     """The first ``n_tokens`` tokens of the joined ``texts`` (raises if they are too short)."""
-    if n_tokens == 0:
-        return ""
-    tokens = model.to_tokens("\n".join(texts), prepend_bos=False, truncate=False)[0]
-    if tokens.numel() < n_tokens:
-        raise ValueError(f"filler texts have {tokens.numel()} tokens, fewer than the {n_tokens} asked for")
-    return model.to_string(tokens[:n_tokens])
+    return Filler(model, texts)(n_tokens)
 
 
 def dilute(question: MCQ, filler: str, where: str = "before") -> MCQ:
@@ -215,18 +230,20 @@ def default_attacks(
     after = filler_tokens if filler_after is None else filler_after
     has_template = bool(getattr(model.tokenizer, "chat_template", None))
     system_tokens = system_tokens if has_template else ()
-    fillers = {n: filler_text(model, filler_texts, n) for n in {*filler_tokens, *after, *system_tokens}}
+    filler = Filler(model, filler_texts)
+    for n in {*filler_tokens, *after, *system_tokens}:
+        filler(n)  # too little filler text raises here, not in the middle of the study
     attacks: dict[str, list[tuple[int, Rewrite]]] = {}
     if filler_tokens:
-        attacks["dilution"] = [(n, lambda q, f=fillers[n]: dilute(q, f)) for n in filler_tokens]
+        attacks["dilution"] = [(n, lambda q, n=n: dilute(q, filler(n, q.id))) for n in filler_tokens]
     if after:
-        attacks["dilution_after"] = [(n, lambda q, f=fillers[n]: dilute(q, f, "after")) for n in after]
+        attacks["dilution_after"] = [(n, lambda q, n=n: dilute(q, filler(n, q.id), "after")) for n in after]
     if turns:
         attacks["split"] = [(k, lambda q, k=k: split_turns(model, q, k, ack)) for k in turns]
     if paraphrases:
         attacks["paraphrase"] = [(i, lambda q, t=t: paraphrase(q, t)) for i, t in enumerate(paraphrases)]
     if system_tokens:
-        attacks["system_prompt"] = [(n, lambda q, f=fillers[n]: with_system_prompt(model, q, f))
+        attacks["system_prompt"] = [(n, lambda q, n=n: with_system_prompt(model, q, filler(n, q.id)))
                                     for n in system_tokens]
     return attacks
 
@@ -297,7 +314,7 @@ def attack_study(
     *,
     neighbours: Sequence[MCQ] | None = None,
     neighbour_words: Sequence[str] = (),
-    error_term: bool = True,
+    error_term: bool = False,
     retain_attacked: Sequence[MCQ] | None = None,
     measure_accuracy: bool = True,
     protocol: str = "completion",
@@ -305,7 +322,8 @@ def attack_study(
     out_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run every attack at every strength against every guardrail (module docstring for the schema).
+    """Run every attack at every strength against every guardrail (module docstring for the schema), the
+    benign neighbours if given and, with ``error_term``, the error-term steering (:func:`error_term_study`).
     ``retain_attacked``: the retain questions the rewrites are applied to for ``retain_fpr`` (default: all
     ``retain_questions``; an empty list skips it)."""
     if not guards:

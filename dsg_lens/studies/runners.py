@@ -250,10 +250,11 @@ def run_attacks(setup: Setup, out_dir: str | Path, *, gates: tuple[str, ...] = D
                 turns: tuple[int, ...] = TURNS, system_tokens: tuple[int, ...] = SYSTEM_TOKENS,
                 paraphrases: tuple[str, ...] = PARAPHRASES, neighbours: bool = True, error_term: bool = True,
                 measure_accuracy: bool = True, max_retain_attacked: int | None = None,
-                progress: bool = True) -> dict[str, Any]:
+                filler_texts: list[str] | None = None, progress: bool = True) -> dict[str, Any]:
     """The attack suite against the study gates ``gates`` (:func:`~dsg_lens.studies.attacks.study_gate`), all
     on the setup's selected features, each calibrated on the setup's calibration texts; a probe trained on the
-    setup's corpora at the SAE's hook when a gate needs one; filler from the retain corpus."""
+    setup's corpora at the SAE's hook when a gate needs one; filler from ``filler_texts`` (default: the retain
+    corpus)."""
     cfg = setup.config
     fitted = fit_guardrail(setup.model, setup.sae, setup.forget_texts, setup.retain_texts, cfg, progress)
     probe = None
@@ -266,8 +267,9 @@ def run_attacks(setup: Setup, out_dir: str | Path, *, gates: tuple[str, ...] = D
         clamp_scale=cfg.clamp_scale, batch_size=cfg.batch_size, progress=progress,
         gate=study_gate(name, protocol=cfg.protocol, window=cfg.window, min_tokens=cfg.min_tokens, probe=probe))
         for name in gates}
-    attacks = default_attacks(setup.model, setup.retain_texts, filler_tokens=filler_tokens, filler_after=filler_after,
-                              turns=turns, paraphrases=paraphrases, system_tokens=system_tokens)
+    attacks = default_attacks(setup.model, filler_texts or setup.retain_texts, filler_tokens=filler_tokens,
+                              filler_after=filler_after, turns=turns, paraphrases=paraphrases,
+                              system_tokens=system_tokens)
     words = forget_vocabulary(setup.forget_texts, setup.retain_texts) if neighbours else []
     result = attack_study(setup.model, guards, setup.forget_questions, setup.retain_questions, attacks,
                           neighbours=benign_neighbours(setup.retain_questions, words) if neighbours else None,
