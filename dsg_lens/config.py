@@ -78,8 +78,8 @@ class PipelineConfig:
                              "continuation of a cloze context, PMI against a neutral context), 'lm_eval' "
                              "(log p of ' A'..' D' after 'Answer:'), 'chat' (the letter in the chat template)")
     batch_size: int = _setting(8, "sequences per forward pass", minimum=1)
-    max_questions: int | None = _setting(None, "evaluate only the first K base-correct questions per side "
-                                         "(0 or unset: all)", minimum=0)
+    max_questions: int | None = _setting(None, "evaluate K base-correct questions per side: a "
+                                         "fixed seeded sample, stratified by subject (0 or unset: all)", minimum=0)
     gate: str = _setting(DEFAULT_GATE, "where the guardrail is on: 'window' (causal: share of firing tokens among "
                          "the last --window real tokens > tau), 'prefix' (causal: the paper's rho over the tokens "
                          "so far), 'paper' (the paper's rho over the whole sequence: not causal, letter protocols "

@@ -26,6 +26,7 @@ from torch import nn
 
 from dsg_lens.config import CALIBRATION_SOURCES, PipelineConfig
 from dsg_lens.data.loaders import (
+    sample_questions,
     MCQ,
     load_corpus,
     load_embedded_benchmark,
@@ -168,7 +169,8 @@ def evaluate_questions(
 
 
 def base_correct_questions(model: nn.Module, cfg: PipelineConfig, progress: bool) -> tuple[list[MCQ], list[MCQ]]:
-    """Forget and retain questions the base model answers correctly (cached on disk), capped at max_questions."""
+    """Forget and retain questions the base model answers correctly (cached on disk), capped at max_questions
+    (a seeded sample stratified by subject, :func:`~dsg_lens.data.loaders.sample_questions`)."""
     kept = []
     for side, spec in enumerate((cfg.forget_questions, cfg.retain_questions)):
         questions = filter_base_correct(model, load_questions(spec), cfg.protocol, progress=progress,
@@ -177,7 +179,7 @@ def base_correct_questions(model: nn.Module, cfg: PipelineConfig, progress: bool
             questions = [q for q in questions if not is_calibration_question(q)]
         if not questions:
             raise ValueError(f"the base model answers none of {spec} correctly: nothing to evaluate")
-        kept.append(questions[: cfg.max_questions] if cfg.max_questions else questions)
+        kept.append(sample_questions(questions, cfg.max_questions) if cfg.max_questions else questions)
     return kept[0], kept[1]
 
 

@@ -134,3 +134,25 @@ def test_generator_reproduces_committed_data(tmp_path):
     manifest = build(wordnet, tmp_path)
     committed = json.loads((EMBEDDED_DIR / "manifest.json").read_text())
     assert manifest == committed
+
+
+def test_sample_questions_is_stratified_seeded_and_ordered():
+    """A domain-sorted file (60 a, 30 b, 10 c): k=10 keeps the shares 6 / 3 / 1 (by hand), input order, the same
+    sample for the same seed; k >= n keeps everything; 7 of 3 equal subjects round by largest remainder (3/2/2)."""
+    from dsg_lens.data.loaders import MCQ, sample_questions
+
+    def questions(sizes):
+        return [MCQ(id=f"{s}{i}", question="q", choices=("x", "y"), answer=0, subject=s)
+                for s, n in sizes.items() for i in range(n)]
+
+    pool = questions({"a": 60, "b": 30, "c": 10})
+    picked = sample_questions(pool, 10, seed=0)
+    assert [q.subject for q in picked].count("a") == 6 and [q.subject for q in picked].count("b") == 3
+    assert [q.subject for q in picked].count("c") == 1
+    assert [pool.index(q) for q in picked] == sorted(pool.index(q) for q in picked)
+    assert picked == sample_questions(pool, 10, seed=0) and picked != sample_questions(pool, 10, seed=1)
+    assert picked != pool[:10]  # not the head of the file
+    assert sample_questions(pool, 100) == pool and sample_questions(pool, 500) == pool
+    counts = sorted(([q.subject for q in sample_questions(questions({"a": 5, "b": 5, "c": 5}), 7)].count(s)
+                     for s in "abc"), reverse=True)
+    assert counts == [3, 2, 2]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -126,6 +127,23 @@ def fingerprint(questions: Iterable[MCQ]) -> str:
         digest.update(json.dumps(q.to_dict(), sort_keys=True, ensure_ascii=False).encode())
         digest.update(b"\n")
     return digest.hexdigest()
+
+
+def sample_questions(questions: Sequence[MCQ], k: int, seed: int = 0) -> list[MCQ]:
+    """``k`` of ``questions``, stratified by subject: each subject keeps its share of ``k`` (largest remainders
+    round), drawn at random with ``seed``; the result keeps the input order. All of them when ``k >= len``."""
+    if k >= len(questions):
+        return list(questions)
+    by_subject: dict[str, list[int]] = {}
+    for i, q in enumerate(questions):
+        by_subject.setdefault(q.subject, []).append(i)
+    shares = {s: k * len(idx) / len(questions) for s, idx in by_subject.items()}
+    counts = {s: int(share) for s, share in shares.items()}
+    for s in sorted(shares, key=lambda s: (counts[s] - shares[s], s))[: k - sum(counts.values())]:
+        counts[s] += 1
+    rng = random.Random(seed)
+    chosen = sorted(i for s, idx in by_subject.items() for i in rng.sample(idx, counts[s]))
+    return [questions[i] for i in chosen]
 
 
 @contextmanager

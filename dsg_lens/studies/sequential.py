@@ -32,7 +32,7 @@ from sae_lens import SAE
 from torch import nn
 from tqdm.auto import tqdm
 
-from dsg_lens.data.loaders import MCQ, load_embedded_benchmark
+from dsg_lens.data.loaders import MCQ, load_embedded_benchmark, sample_questions
 from dsg_lens.gate import DEFAULT_GATE, Gate, make_gate
 from dsg_lens.guardrail import DynamicSAEGuardrail
 from dsg_lens.pipeline import is_calibration_question
@@ -112,8 +112,7 @@ def embedded_topics(
         retain_texts += texts
         retain_questions += questions
     if max_questions:  # a seeded sample over all retain domains
-        order = torch.randperm(len(retain_questions), generator=torch.Generator().manual_seed(seed)).tolist()
-        retain_questions = [retain_questions[i] for i in sorted(order[: max_questions * 2])]
+        retain_questions = sample_questions(retain_questions, max_questions * 2, seed)
     return TopicSplit(out, retain_texts, retain_questions, calibration)
 
 
