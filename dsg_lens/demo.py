@@ -27,7 +27,7 @@ def run_demo(out_dir: str | Path, cfg: PipelineConfig | None = None, progress: b
     (``out_dir/report.json``, ``out_dir/guardrail/``, ``out_dir/figures/``)."""
     cfg = cfg or PipelineConfig()
     model = load_model(cfg.model, kind=cfg.model_kind, device=cfg.device)
-    sae = load_sae(cfg.sae, device=model.cfg.device)
+    sae = load_sae(cfg.sae, device=model.cfg.device, model=cfg.model)
     report = run_pipeline(model, sae, cfg, out_dir, progress=progress)
     report["figures"] = [str(p) for p in render_figures(out_dir, Path(out_dir) / "figures")]
     return report
@@ -50,7 +50,7 @@ def sweep_embedded(
     re-scored (:func:`~dsg_lens.eval.sweep.run_question_sweep`); ``naive=True`` re-scores every question under
     every configuration (:func:`~dsg_lens.eval.sweep.run_sweep`, the reference)."""
     model = load_model(cfg.model, kind=cfg.model_kind, device=cfg.device)
-    sae = load_sae(cfg.sae, device=model.cfg.device)
+    sae = load_sae(cfg.sae, device=model.cfg.device, model=cfg.model)
     forget_texts, retain_texts = load_texts(cfg.forget_corpus), load_texts(cfg.retain_corpus)
     forget = collect_latent_stats(model, sae, forget_texts, batch_size=cfg.batch_size, progress=progress,
                                   desc="statistics: forget corpus")

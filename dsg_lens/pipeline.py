@@ -42,15 +42,16 @@ from dsg_lens.gate import Gate, make_gate
 from dsg_lens.eval import mcq
 from dsg_lens.eval.mcq import filter_base_correct, score_mcq
 from dsg_lens.guardrail import DynamicSAEGuardrail
-from dsg_lens.models import load_embedded_sae
+from dsg_lens.models import EMBEDDED_MODEL, load_embedded_sae
 from dsg_lens.selection import FeatureSet, select_features
 from dsg_lens.stats import LatentStats, collect_latent_stats
 
 
-def load_sae(spec: str, device: str | torch.device | None = None) -> SAE:
-    """An SAE from ``"embedded"``, a local SAELens folder, or ``"release:sae_id"`` (module docstring)."""
+def load_sae(spec: str, device: str | torch.device | None = None, model: str = EMBEDDED_MODEL) -> SAE:
+    """An SAE from ``"embedded"`` (the one shipped for the offline ``model``), a local SAELens folder, or
+    ``"release:sae_id"`` (module docstring)."""
     if spec == "embedded":
-        return load_embedded_sae(device=device)
+        return load_embedded_sae(device=device, model=model)
     if Path(spec).is_dir():
         return SAE.load_from_disk(spec, device=str(device or "cpu"))
     if ":" not in spec:

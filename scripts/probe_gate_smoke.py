@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from dsg_lens.eval.gate_stats import question_inputs
 from dsg_lens.gate import AnyGate, CountGate, PrefixGate, ProbeGate, WindowGate, calibrate_gate
 from dsg_lens.models import load_model
+from dsg_lens.data.loaders import sample_questions
 from dsg_lens.pipeline import PipelineConfig, base_correct_questions, calibration_texts, load_sae, load_texts
 from dsg_lens.probe import LinearProbe, auroc, train_probe
 from dsg_lens.sae_view import sae_architecture, sae_fingerprint, sae_hook_name
@@ -120,11 +121,11 @@ def main() -> None:
     filler = Filler(model, load_texts(args.filler_corpus) if args.filler_corpus else retain_texts)  # per question
     for n in args.filler:
         m = k if n <= 256 else args.long_questions
-        for side, qs in (("forget", forget_q[:m]), ("retain", retain_q[:m])):
+        for side, qs in (("forget", sample_questions(forget_q, m)), ("retain", sample_questions(retain_q, m))):
             sets[f"{side} filler before {n}"] = [dilute(q, filler(n, q.id)).cloze()[0] for q in qs]
             sets[f"{side} filler after {n}"] = [dilute(q, filler(n, q.id), "after").cloze()[0] for q in qs]
     for n in args.turns:
-        for side, qs in (("forget", forget_q[:k]), ("retain", retain_q[:k])):
+        for side, qs in (("forget", sample_questions(forget_q, k)), ("retain", sample_questions(retain_q, k))):
             sets[f"{side} split {n}"] = [split_turns(model, q, n).cloze()[0] for q in qs]
     if args.sets is not None:
         sets = {name: texts for name, texts in sets.items() if name.startswith(tuple(args.sets))}

@@ -10,16 +10,16 @@
 # Question subsets (to keep the whole run near an hour on 2 CPU cores): the sweeps and studies score the first
 # $QUESTIONS base-correct questions per side (default 100, the subset the README's sweep uses), the comparison
 # $COMPARE_QUESTIONS (default 300), the sequential study $TOPIC_QUESTIONS per domain (default 50, retain twice
-# that). RMU does not depend on the SAE: its grid (figures/results/rmu/rmu_grid.json, tuned once, see the README)
-# is kept when present; the `rmu` step only extends it with configurations not yet measured.
+# that). RMU does not depend on the SAE: the `rmu` step trains its 2 x 2 grid around the point tuned by hand (see
+# the README) and extends a grid measured on the same questions instead of retraining it.
 #
 # Runtime (an estimate, not measured end to end: per-step timings taken with one thread on a shared 2-core machine,
-# scaled to OMP_NUM_THREADS=2 on an idle one): demo ~7 min, sweep ~5, static_clamp ~5, rmu 0 (grid kept),
+# scaled to OMP_NUM_THREADS=2 on an idle one): demo ~7 min, sweep ~5, static_clamp ~5, rmu ~15 (0 when kept),
 # compare ~11, relearn ~10, sequential ~5, efficiency ~7, zeroshot ~3, latent_ablation ~3, figures ~1: about
 # 55-60 min without attacks (whose size its own issue sets). Drop steps already run with STEPS="...".
 #
-# Caveat: --max-questions K keeps the FIRST K base-correct questions of each side; the retain file is ordered by
-# domain, so K=100 retain questions are all noun.artifact (K=300: artifact, body, food).
+# --max-questions K scores a fixed seeded sample of K base-correct questions per side, stratified by subject (the
+# retain side spans all six retain domains).
 #
 # Environment: RESULTS (default figures/results), FIGURES (default figures), STEPS (default: every step below, in
 # this order), QUESTIONS, COMPARE_QUESTIONS, TOPIC_QUESTIONS, OMP_NUM_THREADS (default 2), DSG (default dsg-lens).
@@ -57,9 +57,9 @@ for step in $STEPS; do
     static_clamp)  # SAEBench's grid: retain frequency <= 0.001 / 0.01, N 10 / 20, multipliers 25-200
         run static_clamp $DSG static-clamp-sweep --max-questions "$QUESTIONS" --out "$RESULTS/static_clamp" \
             --dsg-sweep "$RESULTS/sweep/sweep.json" --quiet ;;
-    rmu)  # the tuned point (kept, not retrained, when the grid already has it)
-        run rmu $DSG rmu-grid --max-questions "$QUESTIONS" --layers 6 --steering-scales 10 --alphas 10 \
-            --lrs 1e-3 --steps 100 --max-len 64 --out "$RESULTS/rmu" --quiet ;;
+    rmu)  # around the tuned point: alpha 10 / 30 x 50 / 100 steps (rows already measured are kept)
+        run rmu $DSG rmu-grid --max-questions "$QUESTIONS" --layers 6 --steering-scales 10 --alphas 10 30 \
+            --lrs 1e-3 --steps 50 100 --max-len 64 --out "$RESULTS/rmu" --quiet ;;
     compare)  # every method at its best point (retain >= 0.95) on more questions, with the unlearning step's cost
         run compare $DSG compare --best-from "$RESULTS" --min-retain 0.95 --max-questions "$COMPARE_QUESTIONS" \
             --methods base static_clamp rmu dsg_window --out "$RESULTS/compare" --quiet ;;

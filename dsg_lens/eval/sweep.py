@@ -76,8 +76,9 @@ class SweepResult:
         return unlearning_score(self.rows, self.base["retain_acc"], threshold)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"base": self.base, "rows": self.rows, "pareto": self.pareto(), "score": self.score(),
-                "params": self.params}
+        score = self.score()
+        return {"base": self.base, "rows": self.rows, "pareto": self.pareto(),
+                "score": None if math.isnan(score) else score, "params": self.params}
 
     def save(self, folder: str | Path) -> None:
         """Write ``sweep.json`` and ``sweep.csv`` into ``folder``."""

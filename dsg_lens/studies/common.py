@@ -70,7 +70,7 @@ def load_setup(cfg: PipelineConfig | None = None, *, device: str | None = None, 
     """Load the sources named in ``cfg`` (default: the embedded SmolLM2 + WordNet benchmark), fp32."""
     cfg = cfg or PipelineConfig()
     model = load_model(cfg.model, kind=cfg.model_kind, device=device or cfg.device)
-    sae = load_sae(cfg.sae, device=model.cfg.device)
+    sae = load_sae(cfg.sae, device=model.cfg.device, model=cfg.model)
     forget_q, retain_q = base_correct_questions(model, cfg, progress)
     return Setup(model, sae, load_texts(cfg.forget_corpus), load_texts(cfg.retain_corpus), forget_q, retain_q, cfg)
 

@@ -23,6 +23,7 @@ from dsg_lens.baselines.rmu import RMUConfig, rmu_unlearn
 from dsg_lens.baselines.rmu_grid import rmu_grid
 from dsg_lens.baselines.static_clamp import StaticClamp
 from dsg_lens.baselines.static_sweep import static_clamp_sweep
+from dsg_lens.data.loaders import sample_questions
 from dsg_lens.guardrail import DynamicSAEGuardrail
 from dsg_lens.pipeline import (
     PipelineConfig,
@@ -274,7 +275,8 @@ def run_attacks(setup: Setup, out_dir: str | Path, *, gates: tuple[str, ...] = D
     result = attack_study(setup.model, guards, setup.forget_questions, setup.retain_questions, attacks,
                           neighbours=benign_neighbours(setup.retain_questions, words) if neighbours else None,
                           neighbour_words=words, error_term=error_term,
-                          retain_attacked=setup.retain_questions[:max_retain_attacked],
+                          retain_attacked=sample_questions(setup.retain_questions, max_retain_attacked)
+                          if max_retain_attacked is not None else None,
                           measure_accuracy=measure_accuracy, protocol=cfg.protocol, batch_size=cfg.batch_size,
                           out_dir=None, progress=progress)
     result["params"].update(gates=list(gates), features=fitted.features.ids, sae_hook=sae_hook_name(setup.sae),
