@@ -11,6 +11,7 @@ Every rule returns its scores for every latent, so they can be plotted.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,23 @@ def _take(candidates: Tensor, rank_score: Tensor, n: int, what: str) -> list[int
     return [int(i) for i in candidates[order][:n]]
 
 
+DENSE_FREQUENCY = 0.5
+"""A latent firing on more than this share of retain tokens is dense: it says nothing about the topic."""
+
+
+def _warn_dense(ids: list[int], retain: LatentStats) -> None:
+    """Warn when selected latents are dense (:data:`DENSE_FREQUENCY`): a gate reading them fires everywhere, so
+    calibration pushes tau to its maximum and the guardrail never switches on (DSG silently equals the base)."""
+    freq = retain.fire_freq
+    dense = [i for i in ids if float(freq[i]) > DENSE_FREQUENCY]
+    if dense:
+        warnings.warn(f"{len(dense)} of the {len(ids)} selected latents fire on more than {DENSE_FREQUENCY:.0%} of "
+                      f"retain tokens (dense: {dense[:8]}{' ...' if len(dense) > 8 else ''}): a gate reading them "
+                      "fires on everything, its calibrated tau ends at the maximum and the guardrail may never "
+                      "switch on. The SAE has dense latents: pass latents of your choice, raise p_ratio, or use an "
+                      "SAE with fewer dense latents", stacklevel=3)
+
+
 def select_dsg(
     forget: LatentStats, retain: LatentStats, n: int = 20, p_ratio: float | int = 95.0, statistic: str = "mean"
 ) -> FeatureSet:
@@ -118,6 +136,7 @@ def select_dsg(
     threshold = torch.quantile(ratio, p_ratio / 100.0)
     candidates = torch.nonzero(ratio >= threshold).flatten()
     ids = _take(candidates, f, n, f"the p_ratio={p_ratio} percentile filter")
+    _warn_dense(ids, retain)
     scores = {"forget_score": f.float(), "retain_score": r.float(), "ratio": ratio.float(), "rank_score": f.float()}
     return FeatureSet(ids, "dsg", {"n": n, "p_ratio": p_ratio, "statistic": statistic}, scores)
 

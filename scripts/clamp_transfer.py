@@ -10,7 +10,7 @@ relative scale at N / p_ratio / p_dyn (defaults 20 / 95 / 95), only clamped ques
 (:func:`~dsg_lens.eval.sweep.run_question_sweep`). Writes ``<out>/transfer.json``: per model the base accuracy, the
 mean residual norm at the SAE's hook (real tokens) and the rows; ``table``: per model the fixed clamp c=500, the
 best fixed clamp on this model and on the others (lowest forget accuracy with retain >= --min-retain x base;
-ties: the smaller clamp), and the best relative scale of the others.
+ties: the smaller clamp), and the best relative scale of the others. ``--p-ratio`` sets the selection's ratio percentile for every model.
 """
 
 from __future__ import annotations
@@ -99,13 +99,14 @@ def main() -> None:
     parser.add_argument("--fixed", type=float, nargs="+", default=[50.0, 500.0, 5000.0, 50000.0])
     parser.add_argument("--relative", type=float, nargs="+", default=[0.5, 1.0, 4.4, 10.0])
     parser.add_argument("--max-questions", type=int, default=100)
+    parser.add_argument("--p-ratio", type=float, default=95.0, help="DSG's ratio percentile (default 95)")
     parser.add_argument("--min-retain", type=float, default=0.95, help="best: retain >= this x base (default 0.95)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     if any("=" not in spec for spec in args.model):
         parser.error("--model takes NAME=SAE, e.g. gemma-3-270m=path/to/sae")
-    cfg = PipelineConfig(max_questions=args.max_questions)
+    cfg = PipelineConfig(max_questions=args.max_questions, p_ratio=args.p_ratio)
     models = [measure(spec, cfg, args.fixed, args.relative, not args.quiet) for spec in args.model]
     result = {"params": {**asdict(cfg), "fixed": args.fixed, "relative": args.relative,
                          "min_retain": args.min_retain},

@@ -10,7 +10,7 @@
 # Question subsets (to keep the whole run near an hour on 2 CPU cores): the sweeps and studies score the first
 # $QUESTIONS base-correct questions per side (default 100, the subset the README's sweep uses), the comparison
 # $COMPARE_QUESTIONS (default 300), the sequential study $TOPIC_QUESTIONS per domain (default 50, retain twice
-# that). RMU does not depend on the SAE: the `rmu` step trains its 2 x 2 grid around the point tuned by hand (see
+# that). RMU does not depend on the SAE: the `rmu` step trains its 3 x 2 grid around the point tuned by hand (see
 # the README) and extends a grid measured on the same questions instead of retraining it.
 #
 # Runtime (an estimate, not measured end to end: per-step timings taken with one thread on a shared 2-core machine,
@@ -57,8 +57,8 @@ for step in $STEPS; do
     static_clamp)  # SAEBench's grid: retain frequency <= 0.001 / 0.01, N 10 / 20, multipliers 25-200
         run static_clamp $DSG static-clamp-sweep --max-questions "$QUESTIONS" --out "$RESULTS/static_clamp" \
             --dsg-sweep "$RESULTS/sweep/sweep.json" --quiet ;;
-    rmu)  # around the tuned point: alpha 10 / 30 x 50 / 100 steps (rows already measured are kept)
-        run rmu $DSG rmu-grid --max-questions "$QUESTIONS" --layers 6 --steering-scales 10 --alphas 10 30 \
+    rmu)  # around the tuned point: alpha 10 / 30 / 100 x 50 / 100 steps (rows already measured are kept)
+        run rmu $DSG rmu-grid --max-questions "$QUESTIONS" --layers 6 --steering-scales 10 --alphas 10 30 100 \
             --lrs 1e-3 --steps 50 100 --max-len 64 --out "$RESULTS/rmu" --quiet ;;
     compare)  # every method at its best point (retain >= 0.95) on more questions, with the unlearning step's cost
         run compare $DSG compare --best-from "$RESULTS" --min-retain 0.95 --max-questions "$COMPARE_QUESTIONS" \

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from conftest import FORGET_WORDS, make_model, make_sae, planted_setup, texts
@@ -109,6 +111,20 @@ def test_dsg_rule_by_hand():
     assert fs.scores["ratio"].shape == (6,)
     with pytest.raises(ValueError, match="fewer than n"):
         dsg.select_features(forget, retain, n=5, p_ratio=90)
+
+
+def test_dsg_rule_warns_when_it_selects_dense_latents():
+    """Latent 1 fires on 90% of retain tokens (dense), latent 0 on 10%: selecting 1 warns and names it; selecting
+    only 0 does not."""
+    forget, retain = _stats([3.0, 5.0, 0.0], [0.1, 0.2, 1.0], fire_f=torch.tensor([0.5, 1.0, 0.0]),
+                            fire_r=torch.tensor([0.1, 0.9, 1.0]))
+    with pytest.warns(UserWarning, match=r"1 of the 2 selected latents .* \(dense: \[1\]\)"):
+        assert dsg.select_features(forget, retain, n=2, p_ratio=0).ids == [1, 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        forget, retain = _stats([3.0, 0.0], [0.1, 1.0], fire_f=torch.tensor([0.5, 0.0]),
+                                fire_r=torch.tensor([0.1, 0.9]))
+        assert dsg.select_features(forget, retain, n=1, p_ratio=50).ids == [0]
 
 
 def test_farrell_rule_by_hand():
