@@ -44,7 +44,7 @@ from dsg_lens.gate import (
     gate_tensors,
     make_gate,
 )
-from dsg_lens.hooks import HookHandle, HookSpec, attach, resolve_hook_name, scoped_hooks
+from dsg_lens.hooks import HookHandle, HookSpec, attach, resolve_hook_name, scoped_hooks, suspended
 from dsg_lens.real_tokens import RealTokenRule
 from dsg_lens.sae_adapters import adapter_for
 from dsg_lens.sae_view import check_sae_fits_model, hook_layer, sae_architecture, sae_fingerprint, sae_hook_name
@@ -171,8 +171,12 @@ class DynamicSAEGuardrail:
         return guard
 
     def _scan(self, model: nn.Module, texts: TextsOrTokens, **kwargs: Any) -> RankScan:
-        return scan_first_rank(model, self.sae, self.latent_ids, texts, hook_name=self.hook_name,
-                               probe=gate_probe(self.gate), turn_starts=TURN_START in gate_needs(self.gate), **kwargs)
+        """The gate's inputs as this guardrail's hook sees them: before its own edit (its hooks, when attached,
+        pass through for the scan; other hooks, e.g. a steering before it, stay active)."""
+        with suspended(model, owner=self):
+            return scan_first_rank(model, self.sae, self.latent_ids, texts, hook_name=self.hook_name,
+                                   probe=gate_probe(self.gate), turn_starts=TURN_START in gate_needs(self.gate),
+                                   **kwargs)
 
     def gate_scores(
         self, model: nn.Module, texts: TextsOrTokens, *, batch_size: int = 8, max_len: int | None = None,

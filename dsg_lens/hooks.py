@@ -77,6 +77,7 @@ class _Entry:
 
 _REGISTRY: "weakref.WeakKeyDictionary[nn.Module, list[_Entry]]" = weakref.WeakKeyDictionary()
 _SUSPENDED: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()
+_SUSPENDED_OWNERS: "weakref.WeakKeyDictionary[nn.Module, dict[int, int]]" = weakref.WeakKeyDictionary()
 
 
 def resolve_hook_name(model: nn.Module, name: str, *, read: bool = False) -> str:
@@ -155,13 +156,21 @@ def describe_hooks(model: nn.Module) -> str:
 
 
 @contextmanager
-def suspended(model: nn.Module) -> Iterator[None]:
-    """Every dsg-lens hook on ``model`` passes its activation through unchanged for the ``with`` block."""
-    _SUSPENDED[model] = _SUSPENDED.get(model, 0) + 1
+def suspended(model: nn.Module, owner: object | None = None) -> Iterator[None]:
+    """Every dsg-lens hook on ``model`` (with ``owner``: only the hooks ``owner`` attached, e.g. a guardrail's own)
+    passes its activation through unchanged for the ``with`` block."""
+    if owner is None:
+        _SUSPENDED[model] = _SUSPENDED.get(model, 0) + 1
+    else:
+        counts = _SUSPENDED_OWNERS.setdefault(model, {})
+        counts[id(owner)] = counts.get(id(owner), 0) + 1
     try:
         yield
     finally:
-        _SUSPENDED[model] -= 1
+        if owner is None:
+            _SUSPENDED[model] -= 1
+        else:
+            counts[id(owner)] -= 1
 
 
 def _ordered(model: nn.Module, specs: Sequence[HookSpec]) -> list[tuple[str, HookSpec]]:
@@ -172,11 +181,14 @@ def _ordered(model: nn.Module, specs: Sequence[HookSpec]) -> list[tuple[str, Hoo
     return sorted(resolved, key=lambda pair: pair[1].order)
 
 
-def _suspendable(model: nn.Module, fn: HookFn) -> HookFn:
+def _suspendable(model: nn.Module, fn: HookFn, owner: object | None) -> HookFn:
     model_ref = weakref.ref(model)
+    owner_id = None if owner is None else id(owner)
 
     def dsg_lens_hook(act: Any, hook: HookPoint) -> Any:
-        if _SUSPENDED.get(model_ref(), 0):
+        current = model_ref()
+        if _SUSPENDED.get(current, 0) or (
+                owner_id is not None and _SUSPENDED_OWNERS.get(current, {}).get(owner_id, 0)):
             return None
         return fn(act, hook=hook)
 
@@ -192,7 +204,7 @@ def _register(model: nn.Module, resolved: list[tuple[str, HookSpec]], scoped: bo
                 f"{spec.label or type(spec.owner).__name__} is already attached to this model; "
                 "detach it first (leave its `with` block or call handle.remove())."
             )
-    entries = [_Entry(AttachedHook(spec.label, name, spec.order, scoped), spec, _suspendable(model, spec.fn))
+    entries = [_Entry(AttachedHook(spec.label, name, spec.order, scoped), spec, _suspendable(model, spec.fn, spec.owner))
                for name, spec in resolved]
     tracker = token_tracker(model)
     model_ref = weakref.ref(model)  # the tracker must not keep the model alive

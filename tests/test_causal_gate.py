@@ -260,6 +260,29 @@ def test_suspended_turns_every_dsg_lens_hook_off(planted):
     assert torch.equal(plain, model(tokens)) and not torch.equal(guarded, plain)
 
 
+def test_suspended_owner_turns_off_only_its_hooks_and_gate_scores_read_the_unedited_activation(planted):
+    """A guardrail's gate scores are the same whether it is attached or not (its own edit would otherwise hide the
+    latents it reads: a fine-tuning loop with the guardrail attached measured 4% firing instead of 47%); another
+    guardrail attached at the same hook stays on."""
+    model, sae = planted
+    texts = ["cat dog fox cat dog", "w1 w2 cat w3", "w1 w2 w3 w4"]
+    guard = _guard(sae, PrefixGate(0.1, min_tokens=1))
+    other = _guard(sae, PrefixGate(0.1, min_tokens=1))
+    other.label = "other"
+    detached = guard.gate_scores(model, texts)
+    tokens = model.to_tokens(texts[0])
+    with guard.attached(model):
+        torch.testing.assert_close(guard.gate_scores(model, texts), detached)
+        guarded = model(tokens)
+        with dsg.suspended(model, owner=guard):
+            plain = model(tokens)
+        assert torch.equal(model(tokens), guarded)  # the owner's suspension ended with its block
+    assert torch.equal(plain, model(tokens)) and not torch.equal(guarded, plain)
+    with other.attached(model), dsg.suspended(model, owner=guard):
+        assert not torch.equal(model(tokens), plain)  # not the owner: still on
+        assert not torch.allclose(guard.gate_scores(model, texts), detached)  # reads other's edited activation
+
+
 def test_hooks_module_is_importable_by_name():
     """Finding 9: ``dsg_lens.hooks`` is the module, not a function that shadows it."""
     import dsg_lens

@@ -128,6 +128,10 @@ def test_relearn_curve_with_methods_attached_while_fine_tuning(planted, guards, 
     assert first["base_loss"] is None
     assert all(row[f"{a}_loss"] > 0 for row in result["curve"][1:] for a in result["arms"])
     assert all(0 <= row["dsg_firing_rate"] <= 1 for row in result["curve"]) and "static_clamp_firing_rate" not in last
+    from dsg_lens.pipeline import question_texts
+
+    contexts = question_texts(fq, "completion", model)  # step 0: the gate on the untouched model, detached
+    assert first["dsg_firing_rate"] == float(guards["paper"].is_forget(model, contexts).float().mean()) > 0
     assert all(f"{a}_retain_acc" in last for a in result["arms"])
     # the static clamp arm equals fine-tuning by hand with the clamp attached (an independent run)
     by_hand = lm_fine_tune(model, forget_texts[:4], steps=3, lr=5e-2, batch_size=2, max_len=16, attached=static)
