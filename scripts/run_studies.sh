@@ -7,19 +7,18 @@
 # Results go to $RESULTS/<study>/ (JSON), figures to $FIGURES/ (PNG + SVG, drawn from the JSON by
 # `dsg-lens figures`). Each step prints its command and its wall time; the summary at the end lists them all.
 #
-# Question subsets (to keep the whole run near an hour on 2 CPU cores): the sweeps and studies score the first
+# Question subsets (to keep the whole run near an hour and a half on 2 CPU cores): the sweeps and studies score
 # $QUESTIONS base-correct questions per side (default 100, the subset the README's sweep uses), the comparison
 # $COMPARE_QUESTIONS (default 300), the sequential study $TOPIC_QUESTIONS per domain (default 50, retain twice
-# that). RMU does not depend on the SAE: the `rmu` step trains its 3 x 2 grid around the point tuned by hand (see
-# the README) and extends a grid measured on the same questions instead of retraining it.
+# that). --max-questions K scores a fixed seeded sample of K base-correct questions per side, stratified by subject
+# (the retain side spans all six retain domains). RMU does not depend on the SAE: the `rmu` step trains its 3 x 2
+# grid around the point tuned by hand (see the README) and extends a grid measured on the same questions instead of
+# retraining it.
 #
-# Runtime (an estimate, not measured end to end: per-step timings taken with one thread on a shared 2-core machine,
-# scaled to OMP_NUM_THREADS=2 on an idle one): demo ~7 min, sweep ~5, static_clamp ~5, rmu ~15 (0 when kept),
-# compare ~11, relearn ~10, sequential ~5, efficiency ~7, zeroshot ~3, latent_ablation ~3, figures ~1: about
-# 55-60 min without attacks (whose size its own issue sets). Drop steps already run with STEPS="...".
-#
-# --max-questions K scores a fixed seeded sample of K base-correct questions per side, stratified by subject (the
-# retain side spans all six retain domains).
+# Runtime, measured with OMP_NUM_THREADS=1 on a 2-core machine running a second job beside it (2026-11-30): demo
+# 470 s, sweep 429, static_clamp 554, rmu 231, compare 684, relearn 1035, sequential 291, efficiency 400, zeroshot
+# 372, latent_ablation 937 (three jobs on the two cores), figures ~30: about 90 min without attacks (sized by
+# their own issue: see the README). Drop steps already run with STEPS="...".
 #
 # Environment: RESULTS (default figures/results), FIGURES (default figures), STEPS (default: every step below, in
 # this order), QUESTIONS, COMPARE_QUESTIONS, TOPIC_QUESTIONS, OMP_NUM_THREADS (default 2), DSG (default dsg-lens).
@@ -77,8 +76,13 @@ for step in $STEPS; do
             --out "$RESULTS/zeroshot" --quiet ;;
     latent_ablation)  # each selected latent zero-ablated: loss on forget / retain text
         run latent_ablation $DSG study latent-ablation --texts 32 --out "$RESULTS/latent_ablation" --quiet ;;
-    attacks)  # dilution and the other attacks on the gate (its own study; sized by its issue)
-        run attacks $DSG study attacks --max-questions "$QUESTIONS" --out "$RESULTS/attacks" --quiet ;;
+    attacks)  # every attack on six gates (rates only), then 1600 filler tokens on 20 + 20 questions
+        run attacks $DSG study attacks --gates paper window count count_turn probe "window|probe" \
+            --filler-tokens 0 64 256 --filler-after 64 256 --turns 2 3 5 --system-tokens 256 \
+            --max-questions "$QUESTIONS" --max-retain-attacked "$QUESTIONS" --no-accuracy --out "$RESULTS/attacks" --quiet
+        run attacks_long $DSG study attacks --gates paper window count count_turn probe "window|probe" \
+            --filler-tokens 1600 --filler-after --turns --system-tokens --max-questions 20 \
+            --max-retain-attacked 20 --no-accuracy --no-neighbours --no-error-term --out "$RESULTS/attacks_long" --quiet ;;
     figures)
         run figures $DSG figures --results "$RESULTS" --out "$FIGURES" --force ;;
     *)

@@ -16,7 +16,8 @@ from typing import Any
 from dsg_lens.config import CALIBRATION_SOURCES, GATE_KINDS, MODEL_KINDS, PROTOCOLS, PipelineConfig
 
 DEMO_MAX_QUESTIONS = 300
-"""The demo evaluates the first 300 base-correct questions of each side (keeps it under 15 min on 2 CPU cores)."""
+"""The demo evaluates 300 base-correct questions of each side (a seeded sample stratified by subject; keeps it under
+15 min on 2 CPU cores)."""
 
 _TYPES = {"int": int, "float": float, "str": str}
 CHOICES = {"gate": list(GATE_KINDS), "calibration": list(CALIBRATION_SOURCES), "protocol": list(PROTOCOLS),
