@@ -82,7 +82,10 @@ for step in $STEPS; do
             --max-questions "$QUESTIONS" --max-retain-attacked "$QUESTIONS" --no-accuracy --out "$RESULTS/attacks" --quiet
         run attacks_long $DSG study attacks --gates paper window count count_turn probe "window|probe" \
             --filler-tokens 1600 --filler-after --turns --system-tokens --max-questions 20 \
-            --max-retain-attacked 20 --no-accuracy --no-neighbours --no-error-term --out "$RESULTS/attacks_long" --quiet ;;
+            --max-retain-attacked 20 --no-accuracy --no-neighbours --no-error-term --out "$RESULTS/attacks_long" --quiet
+        run attacks_error_term $DSG study attacks --gates window probe --filler-tokens --filler-after --turns \
+            --system-tokens --max-questions 60 --max-retain-attacked 0 --no-neighbours \
+            --out "$RESULTS/attacks_error_term" --quiet ;;
     figures)
         run figures $DSG figures --results "$RESULTS" --out "$FIGURES" --force ;;
     *)
