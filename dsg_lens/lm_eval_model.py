@@ -83,6 +83,7 @@ class DSGLM(LM):
             device = "cpu"
         if self._world_size > 1 and torch.cuda.is_available():
             device = f"cuda:{distributed.local_rank()}"  # lm-eval's data parallelism: one GPU per process
+        name = model if isinstance(model, str) else None  # picks the SAE shipped for it (sae=embedded)
         if isinstance(model, str):
             from dsg_lens.models import load_model
 
@@ -90,7 +91,7 @@ class DSGLM(LM):
                 raise ValueError(f"dtype={dtype!r}: use one of {sorted(_DTYPES)}")
             model = load_model(model, kind=kind, dtype=_DTYPES.get(dtype, dtype), device=device)
         self.model = model
-        self.guard = _load_guardrail(guardrail, sae, model)
+        self.guard = _load_guardrail(guardrail, sae, model, name)
         if self.guard is not None:
             self.guard.hook_specs(model)  # the SAE must fit the model: fail now, not in the first request
         self.tokenizer = model.tokenizer
@@ -248,7 +249,7 @@ def _batch_size(value: int | str) -> int:
     return size
 
 
-def _load_guardrail(guardrail: Any, sae: Any, model: nn.Module) -> Any:
+def _load_guardrail(guardrail: Any, sae: Any, model: nn.Module, name: str | None = None) -> Any:
     """The guardrail object, loading a saved folder against the SAE named by ``sae``."""
     if guardrail is None or guardrail == "":
         return None
@@ -263,7 +264,7 @@ def _load_guardrail(guardrail: Any, sae: Any, model: nn.Module) -> Any:
     if isinstance(sae, str):
         from dsg_lens.pipeline import load_sae
 
-        sae = load_sae(sae, device=model.cfg.device)
+        sae = load_sae(sae, device=model.cfg.device, **({"model": name} if name else {}))
     return DynamicSAEGuardrail.load(folder, sae=sae.to(model.cfg.device))
 
 

@@ -83,7 +83,7 @@ def table(models: list[dict[str, Any]], min_retain: float) -> list[dict[str, Any
                     value = picks[kind]["clamp"]
                     entries.append((f"{other}'s best {kind} {label}={value:g}", pick(m[kind], value)))
         for label, r in entries:
-            row["entries"].append({"clamp": label, **({k: r[k] for k in ("clamp", "tau", "forget_acc", "forget_ci95",
+            row["entries"].append({"setting": label, **({k: r[k] for k in ("clamp", "tau", "forget_acc", "forget_ci95",
                                                                            "retain_acc", "retain_ci95")}
                                                       if r else {})})
         out.append(row)
@@ -116,7 +116,7 @@ def main() -> None:
     for row in result["table"]:
         print(f"{row['model']} (mean residual norm {row['mean_resid_norm']:.0f})")
         for e in row["entries"]:
-            print(f"  {e['clamp']:<40} forget {e.get('forget_acc', float('nan')):.2f}  "
+            print(f"  {e['setting']:<40} forget {e.get('forget_acc', float('nan')):.2f}  "
                   f"retain {e.get('retain_acc', float('nan')):.2f}")
     print(f"written: {args.out / 'transfer.json'}")
 
