@@ -5,8 +5,9 @@ SAELens's ``MultiSAETrainingRunner`` runs the model once per batch and feeds eve
 optimizer, schedule and activation scaler (the model forward is the dominant cost, so N candidates cost far less
 than N runs). Chunks are pre-tokenized (BOS at position 0, documents joined with EOS, as
 :func:`dsg_lens.tokens.chunk_corpus` makes them); positions before ``first_position`` and special tokens are left
-out (their residual norms are ~100x the median); activation normalization is on; seeds are fixed. Training
-checkpoints ``n_checkpoints`` times and a rerun into the same folder resumes from the latest checkpoint.
+out (their residual norms are ~100x the median); activations are normalized (rescaled or whitened, folded into the
+saved weights); seeds are fixed. Training checkpoints ``n_checkpoints`` times and a rerun into the same folder
+resumes from the latest checkpoint.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from sae_lens import (
     StandardTrainingSAEConfig,
     TopKTrainingSAEConfig,
 )
-from sae_lens.training import multi_sae_trainer
+from sae_lens.training import activation_scaler, multi_sae_trainer
 from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner, MultiSAETrainingRunnerConfig
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -46,6 +47,7 @@ from dsg_lens.tokens import chunk_corpus
 
 __all__ = [
     "ARCHITECTURES",
+    "NORMALIZATIONS",
     "SAECandidate",
     "SAETrainingConfig",
     "latest_checkpoint",
@@ -64,12 +66,19 @@ _CHARS_PER_TOKEN = 4.0  # first guess of characters per token (English prose ~4.
 _BUFFER_BATCHES = 64  # SAELens mixes activations over _BUFFER_BATCHES * context_size tokens
 ARCHITECTURES = ("standard", "jumprelu", "topk", "batchtopk")
 """Trainable architectures: ReLU + L1, JumpReLU + L0, TopK, BatchTopK (saved by SAELens as a JumpReLU SAE)."""
+NORMALIZATIONS = ("expected_average_only_in", "covariance_whitening")
+"""How SAELens normalizes the activations it trains on (both folded into the saved weights): rescale to an average
+norm of sqrt(d_in), or PCA-whiten (centre, decorrelate, unit variance; arXiv 2511.13981)."""
 
 
 @dataclass
 class SAECandidate:
     """One SAE to train. ``sparsity_coefficient``: the L1 (``standard``) or L0 (``jumprelu``) coefficient;
-    ``k``: active latents per token (``topk``) or on average over the batch (``batchtopk``)."""
+    ``k``: active latents per token (``topk``) or on average over the batch (``batchtopk``); ``normalization``: one of
+    :data:`NORMALIZATIONS`. Whitening suits residual streams dominated by their mean and a few massive dimensions
+    (Gemma 3 270M at layer 9: the mean is 99.8% of a token's norm, one dimension 82% of the remaining variance),
+    where the rescaled BatchTopK SAE collapsed to dense latents.
+    """
 
     name: str = "sae"
     hook_name: str = "blocks.12.hook_resid_post"
@@ -77,10 +86,13 @@ class SAECandidate:
     architecture: str = "standard"
     sparsity_coefficient: float = 5.0
     k: int = 32
+    normalization: str = "expected_average_only_in"
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown SAE architecture {self.architecture!r}: use one of {ARCHITECTURES}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {self.normalization!r}: use one of {NORMALIZATIONS}")
         if hook_layer(self.hook_name) is None:
             raise ValueError(f"hook_name {self.hook_name!r} names no layer: use e.g. 'blocks.12.hook_resid_post'")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
@@ -181,7 +193,7 @@ def _training_chunks(model: nn.Module, texts: Sequence[str], cfg: SAETrainingCon
 
 def _sae_config(model: nn.Module, candidate: SAECandidate, cfg: SAETrainingConfig) -> Any:
     common = dict(
-        d_in=model.cfg.d_model, d_sae=candidate.d_sae, normalize_activations="expected_average_only_in",
+        d_in=model.cfg.d_model, d_sae=candidate.d_sae, normalize_activations=candidate.normalization,
         dtype="float32",
     )
     warm_up = cfg.n_steps // 20
@@ -198,16 +210,20 @@ def _sae_config(model: nn.Module, candidate: SAECandidate, cfg: SAETrainingConfi
 
 @contextmanager
 def _sae_lens_progress(enabled: bool) -> Iterator[None]:
-    """SAELens's training bar, silenced when ``enabled`` is False (it has no switch of its own)."""
+    """SAELens's training and normalization-estimate bars, silenced when ``enabled`` is False (it has no switch
+    of its own)."""
     if enabled:
         yield
         return
-    original = multi_sae_trainer.tqdm
-    multi_sae_trainer.tqdm = partial(original, disable=True)
+    modules = (multi_sae_trainer, activation_scaler)
+    originals = [module.tqdm for module in modules]
+    for module, original in zip(modules, originals):
+        module.tqdm = partial(original, disable=True)
     try:
         yield
     finally:
-        multi_sae_trainer.tqdm = original
+        for module, original in zip(modules, originals):
+            module.tqdm = original
 
 
 def latest_checkpoint(out_dir: str | Path, names: Sequence[str]) -> Path | None:

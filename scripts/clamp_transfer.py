@@ -10,7 +10,9 @@ relative scale at N / p_ratio / p_dyn (defaults 20 / 95 / 95), only clamped ques
 (:func:`~dsg_lens.eval.sweep.run_question_sweep`). Writes ``<out>/transfer.json``: per model the base accuracy, the
 mean residual norm at the SAE's hook (real tokens) and the rows; ``table``: per model the fixed clamp c=500, the
 best fixed clamp on this model and on the others (lowest forget accuracy with retain >= --min-retain x base;
-ties: the smaller clamp), and the best relative scale of the others. ``--p-ratio`` sets the selection's ratio percentile for every model.
+ties: the smaller clamp), and the best relative scale of the others. ``--p-ratio`` sets the selection's ratio
+percentile for every model. Each model's measurement is also written to ``<out>/<model>.json`` and reused by a later
+run with the same settings (so models can be measured in separate processes, one core each).
 """
 
 from __future__ import annotations
@@ -62,6 +64,20 @@ def measure(spec: str, cfg: Any, fixed: list[float], relative: list[float], prog
             "seconds": time.perf_counter() - start}
 
 
+def measured(spec: str, cfg: Any, args: argparse.Namespace, path: Path) -> dict[str, Any]:
+    """``measure``'s result for ``spec``, read from ``path`` when a run with the same settings wrote it."""
+    settings = json.loads(json.dumps({"spec": spec, "config": asdict(cfg), "fixed": args.fixed,
+                                      "relative": args.relative}))  # as JSON reads it back (tuples -> lists)
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved["settings"] == settings:
+            print(f"reusing {path}")
+            return saved["result"]
+    result = measure(spec, cfg, args.fixed, args.relative, not args.quiet)
+    path.write_text(json.dumps({"settings": settings, "result": result}, indent=2))
+    return result
+
+
 def table(models: list[dict[str, Any]], min_retain: float) -> list[dict[str, Any]]:
     """Per model: c=500, its own best fixed clamp, the others' best fixed clamps and the others' best scale."""
     def pick(rows, clamp):
@@ -107,11 +123,11 @@ def main() -> None:
     if any("=" not in spec for spec in args.model):
         parser.error("--model takes NAME=SAE, e.g. gemma-3-270m=path/to/sae")
     cfg = PipelineConfig(max_questions=args.max_questions, p_ratio=args.p_ratio)
-    models = [measure(spec, cfg, args.fixed, args.relative, not args.quiet) for spec in args.model]
+    args.out.mkdir(parents=True, exist_ok=True)
+    models = [measured(spec, cfg, args, args.out / f"{spec.split('=', 1)[0]}.json") for spec in args.model]
     result = {"params": {**asdict(cfg), "fixed": args.fixed, "relative": args.relative,
                          "min_retain": args.min_retain},
               "models": models, "table": table(models, args.min_retain)}
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "transfer.json").write_text(json.dumps(result, indent=2))
     for row in result["table"]:
         print(f"{row['model']} (mean residual norm {row['mean_resid_norm']:.0f})")

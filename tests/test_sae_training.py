@@ -113,9 +113,38 @@ def test_train_and_measure_writes_quality_and_the_candidate_table(tiny_llama, co
     assert table[1]["layer"] == 1
 
 
+def test_whitening_trains_where_a_massive_offset_defeats_rescaling(tiny_llama, corpus, tmp_path):
+    """Gemma 3's residual stream is almost all mean (one massive dimension); a constant offset of 1000 on one
+    dimension (typical norm ~4) imitates it. Same stream, same steps: the whitened candidate explains the variance,
+    the rescaled one does not; the whitening is folded into plain weights that read raw activations."""
+    offset = torch.zeros(tiny_llama.cfg.d_model)
+    offset[3] = 1000.0
+    candidates = tuple(SAECandidate(name=name, hook_name=HOOK, d_sae=64, architecture="batchtopk", k=8,
+                                    normalization=norm)
+                       for name, norm in (("rescaled", "expected_average_only_in"),
+                                          ("whitened", "covariance_whitening")))
+    cfg = SAETrainingConfig(candidates=candidates, training_tokens=4096, context_size=32,
+                            train_batch_size_tokens=128, n_batches_for_norm_estimate=4, dead_feature_window=8,
+                            lr=3e-3, n_checkpoints=0)
+    tiny_llama.add_hook(HOOK, lambda act, hook: act + offset.to(act), is_permanent=True)
+    try:
+        saes = train_saes(tiny_llama, corpus, cfg, tmp_path, progress=False)
+        ev = {name: measure_sae_quality(tiny_llama, sae, corpus, context_size=32, max_tokens=1024, progress=False,
+                                        ce_loss=False)["explained_variance"] for name, sae in saes.items()}
+    finally:
+        tiny_llama.reset_hooks(including_permanent=True)
+    assert ev["whitened"] > 0.3 and ev["rescaled"] < 0.0, ev  # measured: 0.55 and about -1e5
+    whitened = SAE.load_from_disk(str(tmp_path / "whitened"))
+    assert whitened.cfg.normalize_activations == "none"  # folded: the saved SAE reads raw activations
+    assert whitened.b_dec[3].item() == pytest.approx(1000.0, rel=0.01)  # the mean sits in the decoder bias
+    assert SAETrainingConfig.load(tmp_path / "whitened" / TRAINING_CONFIG_FILE) == cfg
+
+
 def test_bad_config_and_split_are_rejected(corpus):
     with pytest.raises(ValueError, match="architecture"):
         SAECandidate(architecture="gated")
+    with pytest.raises(ValueError, match="normalization"):
+        SAECandidate(normalization="layer_norm")
     with pytest.raises(ValueError, match="names no layer"):
         SAECandidate(hook_name="hook_embed")
     with pytest.raises(ValueError, match="unique"):

@@ -18,7 +18,7 @@ from dataclasses import fields
 from pathlib import Path
 
 _DTYPES = ("float32", "bfloat16")
-_CANDIDATE_FLAGS = ("name", "hook_name", "d_sae", "architecture", "sparsity_coefficient", "k")
+_CANDIDATE_FLAGS = ("name", "hook_name", "d_sae", "architecture", "sparsity_coefficient", "k", "normalization")
 
 
 def _config(args: argparse.Namespace):
@@ -72,6 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     one.add_argument("--sparsity-coefficient", type=float, default=5.0,
                      help="L1 (standard) or L0 (jumprelu) coefficient (default: %(default)s)")
     one.add_argument("--k", type=int, default=32, help="active latents per token, topk / batchtopk (default: %(default)s)")
+    one.add_argument("--normalization", choices=("expected_average_only_in", "covariance_whitening"),
+                     default="expected_average_only_in",
+                     help="rescale activations to norm sqrt(d_in), or PCA-whiten them (default: %(default)s)")
     run = parser.add_argument_group("the run (without --config)")
     run.add_argument("--training-tokens", type=int, default=2_000_000, help="(default: %(default)s)")
     run.add_argument("--context-size", type=int, default=256, help="tokens per chunk (default: %(default)s)")
