@@ -289,8 +289,22 @@ def train_saes(
     saes = {}
     for name in names:
         (out_dir / name / TRAINING_CONFIG_FILE).write_text(json.dumps({**record, "candidate": name}, indent=2))
-        saes[name] = SAE.load_from_disk(str(out_dir / name), device=device)
+        saes[name] = _with_unit_decoder_norms(SAE.load_from_disk(str(out_dir / name), device=device),
+                                              out_dir / name)
     return saes
+
+
+def _with_unit_decoder_norms(sae: SAE, folder: Path) -> SAE:
+    """``sae`` with unit-norm decoder rows (norms folded into the encoder; the same reconstructions and firing
+    pattern), re-saved to ``folder`` when they were not. A whitened SAE's decoder is folded with the unwhitening
+    matrix, which leaves rows of any norm; unit rows (as Gemma Scope's and SAELens's other trained SAEs have)
+    keep a latent's activation a length in residual units, so an absolute clamp means the same on every SAE."""
+    norms = sae.W_dec.norm(dim=-1)
+    if torch.allclose(norms, torch.ones_like(norms), atol=1e-4):
+        return sae
+    sae.fold_W_dec_norm()
+    sae.save_model(folder)
+    return sae
 
 
 @dataclass

@@ -136,6 +136,8 @@ def test_whitening_trains_where_a_massive_offset_defeats_rescaling(tiny_llama, c
     assert ev["whitened"] > 0.3 and ev["rescaled"] < 0.0, ev  # measured: 0.55 and about -1e5
     whitened = SAE.load_from_disk(str(tmp_path / "whitened"))
     assert whitened.cfg.normalize_activations == "none"  # folded: the saved SAE reads raw activations
+    norms = whitened.W_dec.norm(dim=-1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)  # unit rows, as the other architectures save
     assert whitened.b_dec[3].item() == pytest.approx(1000.0, rel=0.01)  # the mean sits in the decoder bias
     assert SAETrainingConfig.load(tmp_path / "whitened" / TRAINING_CONFIG_FILE) == cfg
 
