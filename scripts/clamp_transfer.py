@@ -112,8 +112,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", required=True, metavar="NAME=SAE",
                         help="a model and its SAE (as --sae: 'embedded', a local SAELens folder); repeat per model")
-    parser.add_argument("--fixed", type=float, nargs="+", default=[50.0, 500.0, 5000.0, 50000.0])
-    parser.add_argument("--relative", type=float, nargs="+", default=[0.5, 1.0, 4.4, 10.0])
+    parser.add_argument("--fixed", type=float, nargs="+", default=[10.0, 50.0, 500.0, 5000.0, 50000.0])
+    parser.add_argument("--relative", type=float, nargs="+", default=[0.1, 0.5, 1.0, 4.4, 10.0])
     parser.add_argument("--max-questions", type=int, default=100)
     parser.add_argument("--p-ratio", type=float, default=95.0, help="DSG's ratio percentile (default 95)")
     parser.add_argument("--min-retain", type=float, default=0.95, help="best: retain >= this x base (default 0.95)")
