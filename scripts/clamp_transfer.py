@@ -43,7 +43,7 @@ def measure(spec: str, cfg: Any, fixed: list[float], relative: list[float], prog
     cfg = replace(cfg, model=name, sae=sae_spec)
     start = time.perf_counter()
     model = load_model(cfg.model, kind=cfg.model_kind, device=cfg.device)
-    sae = load_sae(cfg.sae, device=model.cfg.device)
+    sae = load_sae(cfg.sae, device=model.cfg.device, model=cfg.model)
     forget_texts, retain_texts = load_texts(cfg.forget_corpus), load_texts(cfg.retain_corpus)
     forget = collect_latent_stats(model, sae, forget_texts, batch_size=cfg.batch_size, progress=progress,
                                   desc=f"{name}: forget statistics")

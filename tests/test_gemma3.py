@@ -189,8 +189,8 @@ def test_real_gemma3_270m_matches_hf_and_transformer_lens_table(tmp_path):
 
 
 def test_shipped_gemma3_sae_loads_and_records_its_quality():
-    """The SAE shipped for Gemma 3 270M: SAELens loads it (JumpReLU inference form of a BatchTopK SAE), it reads
-    blocks.9.hook_resid_post of a d_model 640 model, and its quality.json has the keys the README reports."""
+    """The SAE shipped for Gemma 3 270M: SAELens loads it (JumpReLU inference form of a whitened BatchTopK SAE), it
+    reads blocks.9.hook_resid_post of a d_model 640 model, and its quality.json has the keys the README reports."""
     from dsg_lens.models import SHIPPED_SAE_DIRS, load_embedded_sae
     from dsg_lens.sae_training import QUALITY_FILE, TRAINING_CONFIG_FILE
 
@@ -201,7 +201,12 @@ def test_shipped_gemma3_sae_loads_and_records_its_quality():
     assert sum(p.stat().st_size for p in folder.iterdir()) <= 50 * 1024 * 1024
     heldout = json.loads((folder / QUALITY_FILE).read_text())["heldout"]
     assert {"explained_variance", "ce_loss_recovered", "dead_fraction", "l0"} <= set(heldout)
-    assert json.loads((folder / TRAINING_CONFIG_FILE).read_text())["training_tokens"] > 0
+    record = json.loads((folder / TRAINING_CONFIG_FILE).read_text())
+    assert record["training_tokens"] > 0 and record["candidates"][0]["normalization"] == "covariance_whitening"
+    # no dense latent (the rescaled SAE shipped before had 39 firing on > 50% of tokens, and DSG selected them)
+    assert heldout["firing_frequency_max"] < 0.5 and heldout["dead_fraction"] < 0.2
+    norms = sae.W_dec.norm(dim=-1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-4)  # absolute clamps in residual units
     with pytest.raises(ValueError, match="no SAE is shipped"):
         load_embedded_sae(model="gpt2")
 
