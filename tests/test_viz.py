@@ -216,6 +216,12 @@ def _results(root: Path) -> Path:
         "dsg": {"blocked": [0.9, 0.3, 0.0]}, "dsg-window": {"blocked": [0.9, 0.9, 0.85]}}}))
     (root / "ablation.json").write_text(json.dumps({"latents": [1, 2], "effects": {"forget": [0.5, 0.1],
                                                                                     "retain": [0.0, 0.02]}}))
+    (root / "transfer").mkdir()
+    models = [{"model": name, "mean_resid_norm": norm, "n_forget": 10,
+               "fixed": [{"clamp": c, "forget_acc": 0.9, "retain_acc": 1.0} for c in (50.0, 500.0)],
+               "relative": [{"clamp": s, "forget_acc": 0.6, "retain_acc": 0.9} for s in (0.1, 1.0)]}
+              for name, norm in (("small-model", 110.0), ("big-model", 6400.0))]
+    (root / "transfer" / "transfer.json").write_text(json.dumps({"models": models, "table": []}))
     return root
 
 
@@ -224,7 +230,7 @@ def test_render_figures_draws_every_figure_once(tmp_path):
     written = render_figures(results, tmp_path / "figures")
     stems = sorted({p.stem for p in written})
     assert stems == sorted(["clamp_sweep_dsg", "clamp_sweep_static", "dilution", "latent_ablation", "latent_scatter",
-                            "pareto", "relearning", "rho_hist", "sequential"])
+                            "pareto", "relearning", "rho_hist", "sequential", "transfer"])
     for path in written:
         assert path.is_file() and path.stat().st_size > 1000
         if path.suffix == ".png":
@@ -233,6 +239,8 @@ def test_render_figures_draws_every_figure_once(tmp_path):
             assert "<svg" in path.read_text()
     pareto_svg = (tmp_path / "figures" / "pareto.svg").read_text().lower()
     assert "static" in pareto_svg and "dsg" in pareto_svg and "no guardrail" in pareto_svg
+    transfer_svg = (tmp_path / "figures" / "transfer.svg").read_text()
+    assert "big-model, fixed clamp (norm 6400)" in transfer_svg and "small-model, relative clamp" in transfer_svg
 
 
 def test_figures_cli(tmp_path, capsys):

@@ -21,6 +21,9 @@ Expected keys (extra keys are ignored):
 - :func:`attack_panels`: ``attacks.json`` (:mod:`dsg_lens.studies.attacks`).
 - :func:`zeroshot_plot`: ``zeroshot.json`` (rows with ``tau``, top-level ``seed_words``;
   :mod:`dsg_lens.studies.zeroshot`).
+- :func:`transfer_plot`: ``transfer.json`` of ``scripts/clamp_transfer.py`` (``{"models": [{"model",
+  "mean_resid_norm", "base", "fixed": rows, "relative": rows}]}``, rows with ``clamp``, ``forget_acc``,
+  ``retain_acc``).
 
 Every figure says in its title what was run, keeps its legend off the data (below the panels) and uses axes a
 reader can follow (accuracies 0-1; log axes only over a few decades).
@@ -458,3 +461,30 @@ def attack_panels(data: Mapping[str, Any], stem: str | Path) -> list[Path]:
         _legend_below(fig, axes, ncols=len(guards))
     return figure_paths(stem)
 
+
+
+def transfer_plot(data: Mapping[str, Any], stem: str | Path) -> list[Path]:
+    """The clamp-transfer experiment (``scripts/clamp_transfer.py``): forget and retain accuracy of each model
+    against the clamp's size relative to its mean residual norm, fixed clamps (c / norm, solid) and relative
+    clamps (``clamp_scale`` s, dashed: with unit-norm decoder rows the clamp is s x norm)."""
+    _need(data, ("models",), "clamp transfer")
+    models = data["models"]
+    palette = _distinct_colors([m["model"] for m in models])
+    with styled_figure(stem, width=3.2, height=2.9, ncols=2) as (fig, axes):
+        for ax, side in zip(axes, ("forget", "retain")):
+            for m in models:
+                for kind, style, scale in (("fixed", "-", 1.0 / m["mean_resid_norm"]), ("relative", "--", 1.0)):
+                    rows = sorted(m[kind], key=lambda r: r["clamp"])
+                    ax.plot([r["clamp"] * scale for r in rows], [r[f"{side}_acc"] for r in rows],
+                            color=palette[m["model"]], linestyle=style, marker="o" if kind == "fixed" else "s",
+                            label=f"{m['model']}, {kind} clamp (norm {m['mean_resid_norm']:.0f})")
+            ax.set_xscale("log")
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_xlabel("clamp / mean residual norm")
+            ax.set_ylabel(f"{side} accuracy")
+            ax.set_title(f"{side} questions", fontsize=9)
+        n = models[0].get("n_forget")
+        fig.suptitle(f"does the clamp transfer? DSG on each model{f' ({n} questions per side)' if n else ''}",
+                     fontsize=9)
+        _legend_below(fig, axes, ncols=2)
+    return figure_paths(stem)

@@ -18,6 +18,7 @@ figure                       drawn from                                         
 ``attacks``                  JSON with ``attacks`` + ``retain`` (attack study)     :func:`~.figures.attack_panels`
 ``efficiency``               JSON whose ``rows`` have ``fraction``                 :func:`~.figures.efficiency_plot`
 ``zeroshot``                 JSON with ``seed_words`` + ``rows``                   :func:`~.figures.zeroshot_plot`
+``transfer``                 JSON whose ``models`` have ``fixed`` + ``relative``  :func:`~.figures.transfer_plot`
 ==========================  ====================================================  ==============================
 
 A sweep (rows of forget/retain accuracy: DSG's ``sweep.json``, ``static_clamp_sweep.json``, ``rmu_grid.json``) is
@@ -43,6 +44,7 @@ from dsg_lens.viz.figures import (
     clamp_sweep,
     efficiency_plot,
     zeroshot_plot,
+    transfer_plot,
     gate_shape_bars,
     curves,
     latent_scatter,
@@ -112,6 +114,10 @@ def _jobs_for(data: dict[str, Any], rel: Path, sweeps: dict[str, dict[str, Any]]
         jobs.append(("efficiency", label, partial(efficiency_plot, data)))
     if _is_zeroshot(data):
         jobs.append(("zeroshot", label, partial(zeroshot_plot, data)))
+    models = data.get("models")
+    if isinstance(models, list) and models and all(isinstance(m, dict) and {"fixed", "relative"} <= set(m)
+                                                   for m in models):
+        jobs.append(("transfer", label, partial(transfer_plot, data)))
     return jobs
 
 
