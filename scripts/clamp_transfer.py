@@ -2,7 +2,7 @@
 relative clamp grid (``clamp_scale``: c_j = s x mean residual norm / |W_dec[j]|); the README's transfer table.
 
     OMP_NUM_THREADS=1 python scripts/clamp_transfer.py --out figures/results/transfer \
-        --model smollm2-135m-instruct=embedded --model gemma-3-270m=figures/results/gemma3/sae
+        --model smollm2-135m-instruct=embedded --model gemma-3-270m=embedded
 
 Per model: one statistics pass, base-correct questions (``--max-questions`` per side, a seeded sample stratified
 by subject), tau from the held-out retain questions (default causal window gate), then every fixed clamp and every
