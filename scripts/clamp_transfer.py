@@ -9,10 +9,11 @@ by subject), tau from the held-out retain questions (default causal window gate)
 relative scale at N / p_ratio / p_dyn (defaults 20 / 95 / 95), only clamped questions re-scored
 (:func:`~dsg_lens.eval.sweep.run_question_sweep`). Writes ``<out>/transfer.json``: per model the base accuracy, the
 mean residual norm at the SAE's hook (real tokens) and the rows; ``table``: per model the fixed clamp c=500, the
-best fixed clamp on this model and on the others (lowest forget accuracy with retain >= --min-retain x base;
-ties: the smaller clamp), and the best relative scale of the others. ``--p-ratio`` sets the selection's ratio
-percentile for every model. Each model's measurement is also written to ``<out>/<model>.json`` and reused by a later
-run with the same settings (so models can be measured in separate processes, one core each).
+best fixed clamp on this model and on the others (with retain >= --min-retain x base, the smallest clamp whose
+forget accuracy's 95% interval holds the lowest one), and the best relative scale of the others. ``--p-ratio``
+sets the selection's ratio percentile for every model. Each model's measurement is also written to
+``<out>/<model>.json`` and reused by a later run with the same settings (so models can be measured in separate
+processes, one core each).
 """
 
 from __future__ import annotations
@@ -26,10 +27,14 @@ from typing import Any
 
 
 def best(rows: list[dict[str, Any]], base_retain: float, min_retain: float) -> dict[str, Any] | None:
-    """The row with the lowest forget accuracy among those keeping retain >= min_retain x base (smaller clamp on
-    ties); None when no row keeps retain."""
+    """Among the rows keeping retain >= min_retain x base: the smallest clamp whose forget accuracy cannot be told
+    from the lowest one (its 95% interval contains it). Picking the plain minimum would pick noise: past the point
+    where the clamp saturates, forget accuracies differ by a question or two. None when no row keeps retain."""
     kept = [r for r in rows if r["retain_acc"] >= min_retain * base_retain]
-    return min(kept, key=lambda r: (r["forget_acc"], r["clamp"])) if kept else None
+    if not kept:
+        return None
+    lowest = min(r["forget_acc"] for r in kept)
+    return min((r for r in kept if r["forget_ci95"][0] <= lowest <= r["forget_ci95"][1]), key=lambda r: r["clamp"])
 
 
 def measure(spec: str, cfg: Any, fixed: list[float], relative: list[float], progress: bool) -> dict[str, Any]:
@@ -132,7 +137,7 @@ def main() -> None:
     for row in result["table"]:
         print(f"{row['model']} (mean residual norm {row['mean_resid_norm']:.0f})")
         for e in row["entries"]:
-            print(f"  {e['setting']:<40} forget {e.get('forget_acc', float('nan')):.2f}  "
+            print(f"  {e['setting']:<46} forget {e.get('forget_acc', float('nan')):.2f}  "
                   f"retain {e.get('retain_acc', float('nan')):.2f}")
     print(f"written: {args.out / 'transfer.json'}")
 
