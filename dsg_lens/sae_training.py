@@ -76,8 +76,8 @@ class SAECandidate:
     """One SAE to train. ``sparsity_coefficient``: the L1 (``standard``) or L0 (``jumprelu``) coefficient;
     ``k``: active latents per token (``topk``) or on average over the batch (``batchtopk``); ``normalization``: one of
     :data:`NORMALIZATIONS`. Whitening suits residual streams dominated by their mean and a few massive dimensions
-    (Gemma 3 270M at layer 9: the mean is 99.8% of a token's norm, one dimension 82% of the remaining variance),
-    where the rescaled BatchTopK SAE collapsed to dense latents.
+    (Gemma 3 270M at layer 9: a mean vector of norm 6,384 in tokens of norm ~6,486, one dimension 61% of the
+    remaining variance), where the rescaled BatchTopK SAE collapsed to dense latents.
     """
 
     name: str = "sae"
