@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -15,6 +14,7 @@ from sae_lens import SAE
 from torch import nn
 
 from dsg_lens.hooks import resolve_hook_name
+from dsg_lens.user_warnings import warn_user
 
 # Which parameters the fingerprint hashes per latent (the rest whole). Part of the saved-guardrail format: keep it
 # stable (the adapters' own table, dsg_lens.sae_adapters.base.LATENT_AXIS, also slices gated SAEs' parameters).
@@ -77,10 +77,9 @@ def _check_dtypes(model: nn.Module, sae: SAE) -> None:
             f"the SAE is {sae_dtype} but the model is {model_dtype}: casting activations to {sae_dtype} loses "
             f"precision. Cast the SAE: sae.to(dtype={model_dtype})"
         )
-    warnings.warn(
+    warn_user(
         f"the model is {model_dtype} and the SAE {sae_dtype}: activations are upcast to {sae_dtype} for the SAE "
-        f"(exact) and edits are returned in {model_dtype}",
-        stacklevel=3,
+        f"(exact) and edits are returned in {model_dtype}"
     )
 
 

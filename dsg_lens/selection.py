@@ -11,7 +11,6 @@ Every rule returns its scores for every latent, so they can be plotted.
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import Tensor
 
 from dsg_lens.artifacts import read_json, read_tensors, require, write_json, write_tensors
 from dsg_lens.stats import LatentStats
+from dsg_lens.user_warnings import warn_user
 
 RATIO_EPS = 1e-21
 FEATURES_SCHEMA = 1
@@ -113,11 +113,11 @@ def _warn_dense(ids: list[int], retain: LatentStats) -> None:
     freq = retain.fire_freq
     dense = [i for i in ids if float(freq[i]) > DENSE_FREQUENCY]
     if dense:
-        warnings.warn(f"{len(dense)} of the {len(ids)} selected latents fire on more than {DENSE_FREQUENCY:.0%} of "
-                      f"retain tokens (dense: {dense[:8]}{' ...' if len(dense) > 8 else ''}): a gate reading them "
-                      "fires on everything, its calibrated tau ends at the maximum and the guardrail may never "
-                      "switch on. The SAE has dense latents: pass latents of your choice, raise p_ratio, or use an "
-                      "SAE with fewer dense latents", stacklevel=3)
+        warn_user(f"{len(dense)} of the {len(ids)} selected latents fire on more than {DENSE_FREQUENCY:.0%} of "
+                  f"retain tokens (dense: {dense[:8]}{' ...' if len(dense) > 8 else ''}): a gate reading them "
+                  "fires on everything, its calibrated tau ends at the maximum and the guardrail may never "
+                  "switch on. The SAE has dense latents: pass latents of your choice, raise p_ratio, or use an "
+                  "SAE with fewer dense latents")
 
 
 def select_dsg(

@@ -118,8 +118,9 @@ def test_dsg_rule_warns_when_it_selects_dense_latents():
     only 0 does not."""
     forget, retain = _stats([3.0, 5.0, 0.0], [0.1, 0.2, 1.0], fire_f=torch.tensor([0.5, 1.0, 0.0]),
                             fire_r=torch.tensor([0.1, 0.9, 1.0]))
-    with pytest.warns(UserWarning, match=r"1 of the 2 selected latents .* \(dense: \[1\]\)"):
+    with pytest.warns(UserWarning, match=r"1 of the 2 selected latents .* \(dense: \[1\]\)") as caught:
         assert dsg.select_features(forget, retain, n=2, p_ratio=0).ids == [1, 0]
+    assert caught[0].filename == __file__  # the user's line, not jaxtyping's wrapper
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         forget, retain = _stats([3.0, 0.0], [0.1, 1.0], fire_f=torch.tensor([0.5, 0.0]),

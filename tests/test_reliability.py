@@ -140,8 +140,9 @@ def test_bad_input_is_a_clear_value_error(case, tiny_gpt2, tiny_tokenizer, monke
 
 def test_upcast_to_sae_dtype_warns_and_returns_model_dtype(tiny_tokenizer):
     model = make_model("llama", tiny_tokenizer, dtype=torch.bfloat16)
-    with pytest.warns(UserWarning, match="upcast to torch.float32"):
+    with pytest.warns(UserWarning, match="upcast to torch.float32") as caught:
         dsg.collect_latent_stats(model, make_sae(), ["w1 w2"], progress=False)
+    assert caught[0].filename == __file__  # attributed to the user's call, not to dsg_lens or a type checker
 
 
 def test_guardrail_on_model_without_token_tracking_target_raises(tiny_gpt2):
