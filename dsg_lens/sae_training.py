@@ -93,6 +93,10 @@ class SAECandidate:
             raise ValueError(f"unknown SAE architecture {self.architecture!r}: use one of {ARCHITECTURES}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"unknown normalization {self.normalization!r}: use one of {NORMALIZATIONS}")
+        if self.architecture == "topk" and self.normalization == "covariance_whitening":
+            raise ValueError("a whitened topk SAE cannot be saved with unit decoder rows (its top-k choice depends on "
+                             "the row norms the unwhitening fold changes): use architecture='batchtopk', which is "
+                             "saved as JumpReLU")
         if hook_layer(self.hook_name) is None:
             raise ValueError(f"hook_name {self.hook_name!r} names no layer: use e.g. 'blocks.12.hook_resid_post'")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):

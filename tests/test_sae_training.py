@@ -142,11 +142,29 @@ def test_whitening_trains_where_a_massive_offset_defeats_rescaling(tiny_llama, c
     assert SAETrainingConfig.load(tmp_path / "whitened" / TRAINING_CONFIG_FILE) == cfg
 
 
+def test_whitened_relu_and_jumprelu_are_saved_with_unit_decoder_rows(tiny_llama, corpus, tmp_path):
+    candidates = tuple(SAECandidate(name=arch, hook_name=HOOK, d_sae=32, architecture=arch,
+                                    normalization="covariance_whitening") for arch in ("standard", "jumprelu"))
+    cfg = SAETrainingConfig(candidates=candidates, training_tokens=2048, context_size=32,
+                            train_batch_size_tokens=256, n_batches_for_norm_estimate=2, dead_feature_window=4,
+                            n_checkpoints=0)
+    trained = train_saes(tiny_llama, corpus, cfg, tmp_path, progress=False)
+    for name in ("standard", "jumprelu"):
+        sae = SAE.load_from_disk(str(tmp_path / name))
+        norms = sae.W_dec.norm(dim=-1)
+        assert sae.cfg.normalize_activations == "none" and sae.cfg.architecture() == name
+        assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5), name
+        x = torch.randn(16, tiny_llama.cfg.d_model)
+        assert torch.allclose(sae(x), trained[name](x), atol=1e-5)  # what train_saes returns is what was saved
+
+
 def test_bad_config_and_split_are_rejected(corpus):
     with pytest.raises(ValueError, match="architecture"):
         SAECandidate(architecture="gated")
     with pytest.raises(ValueError, match="normalization"):
         SAECandidate(normalization="layer_norm")
+    with pytest.raises(ValueError, match="use architecture='batchtopk'"):
+        SAECandidate(architecture="topk", normalization="covariance_whitening")
     with pytest.raises(ValueError, match="names no layer"):
         SAECandidate(hook_name="hook_embed")
     with pytest.raises(ValueError, match="unique"):
