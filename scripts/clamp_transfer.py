@@ -70,8 +70,15 @@ def measure(spec: str, cfg: Any, fixed: list[float], relative: list[float], prog
 
 
 def measured(spec: str, cfg: Any, args: argparse.Namespace, path: Path) -> dict[str, Any]:
-    """``measure``'s result for ``spec``, read from ``path`` when a run with the same settings wrote it."""
-    settings = json.loads(json.dumps({"spec": spec, "config": asdict(cfg), "fixed": args.fixed,
+    """``measure``'s result for ``spec``, read from ``path`` when a run with the same settings and the same SAE
+    weights (a retrained SAE behind the same spec is measured again) wrote it."""
+    from dsg_lens.pipeline import load_sae
+    from dsg_lens.sae_view import sae_fingerprint
+
+    name, sae_spec = spec.split("=", 1)
+    sae = load_sae(sae_spec, device="cpu", model=name)
+    settings = json.loads(json.dumps({"spec": spec, "sae_sha256": sae_fingerprint(sae, range(sae.cfg.d_sae)),
+                                      "config": asdict(cfg), "fixed": args.fixed,
                                       "relative": args.relative}))  # as JSON reads it back (tuples -> lists)
     if path.exists():
         saved = json.loads(path.read_text())
