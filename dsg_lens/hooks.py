@@ -171,6 +171,8 @@ def suspended(model: nn.Module, owner: object | None = None) -> Iterator[None]:
             _SUSPENDED[model] -= 1
         else:
             counts[id(owner)] -= 1
+            if not counts[id(owner)]:
+                del counts[id(owner)]  # an id can be reused by a later object once this owner is gone
 
 
 def _ordered(model: nn.Module, specs: Sequence[HookSpec]) -> list[tuple[str, HookSpec]]:
@@ -204,7 +206,8 @@ def _register(model: nn.Module, resolved: list[tuple[str, HookSpec]], scoped: bo
                 f"{spec.label or type(spec.owner).__name__} is already attached to this model; "
                 "detach it first (leave its `with` block or call handle.remove())."
             )
-    entries = [_Entry(AttachedHook(spec.label, name, spec.order, scoped), spec, _suspendable(model, spec.fn, spec.owner))
+    entries = [_Entry(AttachedHook(spec.label, name, spec.order, scoped), spec,
+                      _suspendable(model, spec.fn, spec.owner))
                for name, spec in resolved]
     tracker = token_tracker(model)
     model_ref = weakref.ref(model)  # the tracker must not keep the model alive

@@ -250,7 +250,8 @@ def _batch_size(value: int | str) -> int:
 
 
 def _load_guardrail(guardrail: Any, sae: Any, model: nn.Module, name: str | None = None) -> Any:
-    """The guardrail object, loading a saved folder against the SAE named by ``sae``."""
+    """The guardrail object, loading a saved folder against the SAE named by ``sae`` (``"embedded"``: the SAE
+    shipped for the model ``name``, when the model was given by name; else the embedded model's)."""
     if guardrail is None or guardrail == "":
         return None
     from dsg_lens.guardrail import DynamicSAEGuardrail
@@ -262,9 +263,10 @@ def _load_guardrail(guardrail: Any, sae: Any, model: nn.Module, name: str | None
         raise ValueError(f"guardrail={guardrail}: no guardrail.json in that folder (write one with `dsg-lens fit "
                          f"--out {guardrail}` or guard.save(folder))")
     if isinstance(sae, str):
+        from dsg_lens.models import EMBEDDED_MODEL
         from dsg_lens.pipeline import load_sae
 
-        sae = load_sae(sae, device=model.cfg.device, **({"model": name} if name else {}))
+        sae = load_sae(sae, device=model.cfg.device, model=name or EMBEDDED_MODEL)
     return DynamicSAEGuardrail.load(folder, sae=sae.to(model.cfg.device))
 
 

@@ -52,7 +52,7 @@ def main() -> None:
     start = time.perf_counter()
     cfg = PipelineConfig()
     model = load_model(cfg.model)
-    sae = load_sae(cfg.sae, device=model.cfg.device)
+    sae = load_sae(cfg.sae, device=model.cfg.device, model=cfg.model)
     hook = args.hook or sae_hook_name(sae)
     forget_texts, retain_texts = load_texts(cfg.forget_corpus), load_texts(cfg.retain_corpus)
     timing = {}
